@@ -1,0 +1,297 @@
+"""Batch normalization written out by hand: the math, its two backward passes, the autograd wiring.
+
+Training-time transform, per channel ``c`` (dimension 1) over every other dimension
+(Ioffe and Szegedy, 2015, Algorithm 1)::
+
+    mu_B    = mean(x)                          # batch mean
+    var_B   = mean((x - mu_B) ** 2)            # biased batch variance
+    x_hat   = (x - mu_B) / sqrt(var_B + eps)
+    y       = gamma * x_hat + beta             # gamma, beta: ``weight``, ``bias`` in the modules
+
+At inference the batch statistics are replaced by running estimates, so the layer becomes a fixed
+per-channel affine map. ``batch_norm`` has the semantics of ``torch.nn.functional.batch_norm``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "batch_norm",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "batch_norm_backward_staged",
+    "batch_stats",
+    "BatchNormFunction",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Shapes
+
+
+def reduce_dims(x: Tensor) -> list[int]:
+    """The dimensions a batch norm averages over: all but the channel dimension 1."""
+    return [0, *range(2, x.dim())]
+
+
+def per_channel(v: Tensor, x: Tensor) -> Tensor:
+    """View a (C,) vector so it broadcasts against x of shape (N, C, *): (1, C, 1, ..., 1)."""
+    return v.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def values_per_channel(x: Tensor) -> int:
+    """How many values each channel's statistics are computed from: N * (product of spatial)."""
+    return x.numel() // x.shape[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics
+
+
+def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance of x (N, C, *), both of shape (C,).
+
+    The textbook one-pass formula ``E[x^2] - E[x]^2`` subtracts two nearly equal numbers when the
+    mean is large compared with the spread, and loses every significant digit in float32. We use
+    the corrected two-pass algorithm (Chan, Golub and LeVeque, 1983): centre on a first estimate
+    of the mean, then correct both the mean and the variance with the residual mean of the
+    centred values, which cancels the error of that first estimate.
+    """
+    dims = reduce_dims(x)
+    shift = x.mean(dims, keepdim=True)  # (1, C, 1, ...) first estimate of the mean
+    centred = x - shift
+    residual = centred.mean(dims)  # (C,) ~0; what the first pass got wrong
+    mean = shift.flatten() + residual
+    var = (centred * centred).mean(dims) - residual * residual
+    return mean, var.clamp_min(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward and backward, side by side. The cache holds exactly what the backward needs.
+
+
+def batch_norm_forward(
+    x: Tensor, gamma: Tensor, beta: Tensor, eps: float
+) -> tuple[Tensor, tuple[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """Training-mode forward with batch statistics.
+
+    Args:
+        x: input of shape (N, C, *).
+        gamma, beta: scale and shift, shape (C,).
+        eps: added to the variance so the division is defined when a channel is constant.
+
+    Returns:
+        ``(y, (mean, var), cache)``: y has the shape of x; mean and biased var of shape (C,);
+        ``cache = (x_hat, inv_std, gamma)``, all the backward needs, with x_hat of the shape of x
+        and inv_std = 1 / sqrt(var + eps) of shape (C,).
+    """
+    mean, var = batch_stats(x)
+    inv_std = torch.rsqrt(var + eps)  # (C,)
+    x_hat = (x - per_channel(mean, x)) * per_channel(inv_std, x)
+    y = x_hat * per_channel(gamma, x) + per_channel(beta, x)
+    return y, (mean, var), (x_hat, inv_std, gamma)
+
+
+def batch_norm_backward(dy: Tensor, cache: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, ...]:
+    """Closed-form backward of ``batch_norm_forward``.
+
+    With m values per channel and dx_hat = gamma * dy::
+
+        dbeta  = sum(dy)
+        dgamma = sum(dy * x_hat)
+        dx     = inv_std / m * (m * dx_hat - sum(dx_hat) - x_hat * sum(dx_hat * x_hat))
+
+    The last line is the staged backward below with the mean and variance branches summed by
+    hand: the gradient is dx_hat projected away from the constant direction and from x_hat.
+
+    Returns:
+        ``(dx, dgamma, dbeta)`` of shapes (N, C, *), (C,), (C,).
+    """
+    x_hat, inv_std, gamma = cache
+    dims = reduce_dims(dy)
+    m = values_per_channel(dy)
+    dbeta = dy.sum(dims)
+    dgamma = (dy * x_hat).sum(dims)
+    # sum(dx_hat) = gamma * dbeta and sum(dx_hat * x_hat) = gamma * dgamma: reuse them.
+    mean_dx_hat = per_channel(gamma * dbeta / m, dy)
+    mean_dx_hat_x_hat = per_channel(gamma * dgamma / m, dy)
+    dx = per_channel(gamma * inv_std, dy) * dy - per_channel(inv_std, dy) * (
+        mean_dx_hat + x_hat * mean_dx_hat_x_hat
+    )
+    return dx, dgamma, dbeta
+
+
+def batch_norm_backward_staged(
+    dy: Tensor, x: Tensor, gamma: Tensor, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward through the computation graph, one node at a time (the chain rule, unrolled).
+
+    Forward graph, per channel, with m values per channel::
+
+        mu = sum(x) / m;  xc = x - mu;  var = sum(xc ** 2) / m;  std = sqrt(var + eps)
+        inv = 1 / std;    x_hat = xc * inv;  y = gamma * x_hat + beta
+
+    Each line below is the local derivative of one node, read bottom to top.
+
+    Returns:
+        ``(dx, dgamma, dbeta)`` of shapes (N, C, *), (C,), (C,).
+    """
+    dims = reduce_dims(x)
+    m = values_per_channel(x)
+    # forward again, keeping every intermediate
+    mu = x.mean(dims, keepdim=True)
+    xc = x - mu
+    var = (xc * xc).mean(dims, keepdim=True)
+    std = torch.sqrt(var + eps)
+    inv = 1.0 / std
+    x_hat = xc * inv
+    # y = gamma * x_hat + beta
+    dbeta = dy.sum(dims)
+    dgamma = (dy * x_hat).sum(dims)
+    dx_hat = dy * per_channel(gamma, x)
+    # x_hat = xc * inv: xc receives dx_hat * inv, inv receives sum(dx_hat * xc)
+    dxc = dx_hat * inv
+    dinv = (dx_hat * xc).sum(dims, keepdim=True)
+    # inv = 1 / std
+    dstd = -dinv / (std * std)
+    # std = sqrt(var + eps)
+    dvar = dstd * 0.5 / std
+    # var = sum(xc ** 2) / m: a second path into xc
+    dxc = dxc + dvar * 2.0 * xc / m
+    # xc = x - mu: x receives dxc, mu receives -sum(dxc)
+    dmu = -dxc.sum(dims, keepdim=True)
+    # mu = sum(x) / m: a second path into x
+    dx = dxc + dmu / m
+    return dx, dgamma, dbeta
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """Training-mode batch norm as an autograd node: our forward, our closed-form backward.
+
+    Returns ``(y, mean, var)``; the batch statistics come out (not differentiable) so the running
+    estimates can be updated without computing them a second time.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, gamma: Tensor, beta: Tensor, eps: float):
+        y, (mean, var), cache = batch_norm_forward(x, gamma, beta, eps)
+        ctx.save_for_backward(*cache)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, dy: Tensor, _dmean: Tensor, _dvar: Tensor):
+        dx, dgamma, dbeta = batch_norm_backward(dy, ctx.saved_tensors)
+        return dx, dgamma, dbeta, None
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks: say what was wrong and how to fix it.
+
+
+def _check_input(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"batch_norm expects a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"batch_norm expects a floating-point input, got dtype {x.dtype}; "
+            "convert it first, for example with x.float()"
+        )
+    if x.dim() < 2:
+        raise ValueError(
+            f"batch_norm expects an input of shape (N, C, *) with at least 2 dimensions, "
+            f"got shape {tuple(x.shape)}; add a batch dimension with x.unsqueeze(0)"
+        )
+    channels = x.shape[1]
+    for name, t in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
+        if t is not None and t.numel() != channels:
+            raise RuntimeError(
+                f"{name} should contain {channels} elements not {t.numel()}: the input has "
+                f"{channels} channels (dimension 1 of shape {tuple(x.shape)}); build the layer "
+                f"with num_features={channels} or check which dimension holds the channels"
+            )
+    if training and values_per_channel(x) <= 1:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {x.size()}: "
+            "a batch of one has no variance to normalise by; use a larger batch, "
+            "DataLoader(..., drop_last=True), or call model.eval() for inference"
+        )
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError(
+            "batch_norm in evaluation mode (training=False) needs running_mean and running_var; "
+            "pass them, or use training=True to normalise with the batch statistics"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The public function
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    r"""Batch normalization with the semantics of ``torch.nn.functional.batch_norm``.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    Args:
+        input: shape (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W).
+        running_mean, running_var: (C,) buffers, or None. In training they are updated in place,
+            ``running = (1 - momentum) * running + momentum * batch_stat``, with the *unbiased*
+            batch variance; in evaluation they replace the batch statistics.
+        weight, bias: gamma and beta, shape (C,); None means 1 and 0.
+        training: use batch statistics (True) or the running ones (False).
+        momentum: weight of the new batch in the running averages (PyTorch's convention).
+        eps: added to the variance before the square root. Default: 1e-5.
+
+    Shape:
+        output: same as input.
+
+    Example::
+
+        >>> x = torch.randn(8, 3, 4, 4)
+        >>> y = batch_norm(x, None, None, training=True)
+        >>> y.mean((0, 2, 3)).abs().max() < 1e-6
+        tensor(True)
+    """
+    _check_input(input, running_mean, running_var, weight, bias, training)
+    channels = input.shape[1]
+    gamma = weight if weight is not None else input.new_ones(channels)
+    beta = bias if bias is not None else input.new_zeros(channels)
+
+    if not training:
+        # A fixed per-channel affine map: autograd differentiates it exactly.
+        inv_std = torch.rsqrt(running_var + eps)
+        scale = gamma * inv_std
+        shift = beta - running_mean * scale
+        return input * per_channel(scale, input) + per_channel(shift, input)
+
+    y, mean, var = BatchNormFunction.apply(input, gamma, beta, eps)
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            m = values_per_channel(input)
+            unbiased_var = var * (m / (m - 1))  # the estimate of the population variance
+            running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+            running_var.mul_(1 - momentum).add_(unbiased_var, alpha=momentum)
+    return y

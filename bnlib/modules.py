@@ -1,0 +1,174 @@
+"""``BatchNorm1d/2d/3d`` as ``nn.Module``s with the contract of ``torch.nn.BatchNorm*d``.
+
+Same constructor, parameters (``weight`` is gamma, ``bias`` is beta), buffers and ``state_dict``
+keys as PyTorch's, so the two can be swapped and their state dicts loaded into each other.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bnlib import functional as F
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+
+
+class _BatchNorm(nn.Module):
+    """What the three classes share; they differ only in the input dimensions they accept."""
+
+    _accepted_dims: tuple[int, ...] = ()
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        if affine:
+            self.weight = nn.Parameter(torch.empty(num_features, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(num_features, **factory))
+            else:  # scale without shift, as in PyTorch 2.14's bias=False
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            self.register_buffer(
+                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
+            )
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        """Running mean 0, running variance 1, no batch seen."""
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        """Reset the running statistics, gamma to 1 and beta to 0: a pure normaliser again."""
+        self.reset_running_stats()
+        if self.affine:
+            nn.init.ones_(self.weight)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() not in self._accepted_dims:
+            expected = " or ".join(f"{d}D" for d in self._accepted_dims)
+            raise ValueError(
+                f"expected {expected} input (got {input.dim()}D input of shape "
+                f"{tuple(input.shape)}) for {type(self).__name__}"
+            )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, bias={self.bias is not None}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average: the mean of all batches seen
+                momentum = 1.0 / float(self.num_batches_tracked)
+        # Training mode normalises with the batch; so does a layer with no running estimates.
+        use_batch_stats = self.training or self.running_mean is None
+        # Update the running estimates only while training and tracking them.
+        track = not self.training or self.track_running_stats
+        return F.batch_norm(
+            input,
+            self.running_mean if track else None,
+            self.running_var if track else None,
+            self.weight,
+            self.bias,
+            use_batch_stats,
+            momentum,
+            self.eps,
+        )
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm over a (N, C) or (N, C, L) input, statistics per channel C.
+
+    Args:
+        num_features: C.
+        eps: added to the variance for numerical stability. Default: 1e-5.
+        momentum: weight of each new batch in the running estimates; None for a cumulative
+            average. Default: 0.1.
+        affine: learn ``weight`` (gamma) and ``bias`` (beta). Default: True.
+        bias: with ``affine``, learn ``bias`` too; False keeps the scale only. Default: True.
+        track_running_stats: keep running estimates for evaluation; if False, batch statistics
+            are used in both modes. Default: True.
+
+    Shape:
+        input (N, C) or (N, C, L); output of the same shape.
+
+    Example::
+
+        >>> bn = BatchNorm1d(100)
+        >>> bn(torch.randn(20, 100)).shape
+        torch.Size([20, 100])
+    """
+
+    _accepted_dims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm over a (N, C, H, W) input, statistics per channel over N, H and W.
+
+    Arguments as ``BatchNorm1d``.
+
+    Shape:
+        input (N, C, H, W); output of the same shape.
+
+    Example::
+
+        >>> bn = BatchNorm2d(3)
+        >>> bn(torch.randn(4, 3, 8, 8)).shape
+        torch.Size([4, 3, 8, 8])
+    """
+
+    _accepted_dims = (4,)
+
+
+class BatchNorm3d(_BatchNorm):
+    """Batch norm over a (N, C, D, H, W) input, statistics per channel over N, D, H and W.
+
+    Arguments as ``BatchNorm1d``.
+
+    Shape:
+        input (N, C, D, H, W); output of the same shape.
+
+    Example::
+
+        >>> bn = BatchNorm3d(2)
+        >>> bn(torch.randn(4, 2, 3, 5, 5)).shape
+        torch.Size([4, 2, 3, 5, 5])
+    """
+
+    _accepted_dims = (5,)
