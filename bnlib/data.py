@@ -1,0 +1,214 @@
+"""Fashion-MNIST and MNIST as tensors, offline when Debian's copy is installed.
+
+Where the images come from, in order:
+
+1. ``<root>/<FashionMNIST|MNIST>/raw/``, already decompressed (torchvision's layout);
+2. Debian's ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist/*.gz``),
+   decompressed into that folder (its gzip files differ byte for byte from the ones torchvision
+   checks, so they cannot just be copied);
+3. torchvision's download (Colab, or any machine online).
+
+If none works, ``DatasetUnavailableError`` names the dataset, the folder and the remedies.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+__all__ = [
+    "DATASETS",
+    "DatasetUnavailableError",
+    "default_root",
+    "prepare",
+    "load_dataset",
+    "load_tensors",
+    "make_loader",
+]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Where a dataset lives and how its pixels are standardised."""
+
+    torchvision_class: type
+    folder: str  # torchvision's folder name under the root
+    mean: float  # pixel mean and std of the training set, after scaling to [0, 1]
+    std: float
+    debian_dir: Path | None  # Debian's copy, if Debian packages one
+    debian_package: str | None
+
+
+DATASETS = {
+    "fashion-mnist": DatasetInfo(
+        torchvision.datasets.FashionMNIST,
+        "FashionMNIST",
+        0.2860,
+        0.3530,
+        Path("/usr/share/datasets/fashion-mnist"),
+        "dataset-fashion-mnist",
+    ),
+    "mnist": DatasetInfo(torchvision.datasets.MNIST, "MNIST", 0.1307, 0.3081, None, None),
+}
+
+RAW_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+class DatasetUnavailableError(RuntimeError):
+    """The dataset is neither on disk, nor in Debian's package, nor downloadable."""
+
+
+def default_root() -> Path:
+    """Where datasets are kept: ``$BNLIB_DATA`` if set; else the book's ``data/`` folder when bnlib
+    runs from the book's checkout (so both language twins share one copy); else ``./data``."""
+    if os.environ.get("BNLIB_DATA"):
+        return Path(os.environ["BNLIB_DATA"])
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "_config.yml").is_file():
+        return checkout / "data"
+    return Path("data")
+
+
+def _info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[name]
+
+
+def _raw_dir(name: str, root: Path) -> Path:
+    return Path(root) / _info(name).folder / "raw"
+
+
+def _has_raw(raw: Path) -> bool:
+    return all((raw / f).is_file() for f in RAW_FILES)
+
+
+def prepare(name: str = "fashion-mnist", root: Path | str | None = None, debian_dir=None) -> bool:
+    """Decompress Debian's copy of ``name`` into ``<root>/<folder>/raw/`` if it is not there yet.
+
+    Args:
+        name: "fashion-mnist" or "mnist".
+        root: the data folder. Default: ``default_root()``.
+        debian_dir: where Debian's ``.gz`` files are. Default: the package's folder.
+
+    Returns:
+        True if the raw files are now in place, False if there was nothing to decompress.
+    """
+    info = _info(name)
+    raw = _raw_dir(name, Path(root) if root is not None else default_root())
+    if _has_raw(raw):
+        return True
+    source = Path(debian_dir) if debian_dir is not None else info.debian_dir
+    if source is None or not all((source / f"{f}.gz").is_file() for f in RAW_FILES):
+        return False
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in RAW_FILES:
+        partial = raw / f"{f}.partial"
+        with gzip.open(source / f"{f}.gz", "rb") as src, open(partial, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        partial.replace(raw / f)  # atomic: an interrupted run leaves no half file behind
+    return True
+
+
+def load_dataset(
+    name: str = "fashion-mnist",
+    train: bool = True,
+    root: Path | str | None = None,
+    download: bool = True,
+    debian_dir=None,
+):
+    """The torchvision dataset ``name`` (images as PIL, labels as ints), found or fetched.
+
+    Raises:
+        DatasetUnavailableError: nothing on disk, no Debian copy, and no download possible.
+    """
+    info = _info(name)
+    root = Path(root) if root is not None else default_root()
+    prepare(name, root, debian_dir)
+    if _has_raw(_raw_dir(name, root)):
+        return info.torchvision_class(str(root), train=train, download=False)
+    problem = "downloading is switched off (download=False)"
+    if download:
+        try:
+            return info.torchvision_class(str(root), train=train, download=True)
+        except Exception as exc:  # no network: URLError, RuntimeError from every mirror, ...
+            problem = f"the download failed ({type(exc).__name__}: {exc})"
+    remedies = ["connect to the internet and call again with download=True"]
+    if info.debian_package:
+        remedies.insert(0, f"install Debian's copy: apt-get install {info.debian_package}")
+    remedies.append(f"or put the four decompressed IDX files ({', '.join(RAW_FILES)}) there")
+    raise DatasetUnavailableError(
+        f"{name} was not found in {_raw_dir(name, root)} and {problem}. Remedies: "
+        + "; ".join(remedies)
+        + "."
+    )
+
+
+def load_tensors(
+    name: str = "fashion-mnist",
+    train: bool = True,
+    root: Path | str | None = None,
+    limit: int | None = None,
+    download: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Images standardised with the training set's mean and std, and labels, as tensors.
+
+    Args:
+        limit: keep only the first ``limit`` examples (the files' own order), for quick runs.
+
+    Returns:
+        ``(X, y)``: X float32 of shape (N, 1, 28, 28), y int64 of shape (N,).
+    """
+    info = _info(name)
+    dataset = load_dataset(name, train=train, root=root, download=download)
+    images, labels = dataset.data, dataset.targets  # uint8 (N, 28, 28), int64 (N,)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    X = (images.float().div(255.0).unsqueeze(1) - info.mean) / info.std  # (N, 1, 28, 28)
+    return X, labels.clone()
+
+
+def make_loader(
+    X: Tensor,
+    y: Tensor,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    drop_last: bool = True,
+) -> DataLoader:
+    """Mini-batches of (X, y), shuffled reproducibly from ``seed``.
+
+    ``drop_last=True`` by default: a last batch of one example would make batch norm fail in
+    training, and a last small batch has noisier statistics than the others.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        TensorDataset(X, y),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        drop_last=drop_last,
+    )
+
+
+if __name__ == "__main__":  # python -m bnlib.data: the set-up step
+    ready = prepare("fashion-mnist")
+    where = _raw_dir("fashion-mnist", default_root())
+    print(
+        f"Fashion-MNIST ready in {where}"
+        if ready
+        else f"Fashion-MNIST: no Debian copy; torchvision will download it into {where}"
+    )

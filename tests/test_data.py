@@ -1,0 +1,96 @@
+"""bnlib.data: Debian's copy, the MNIST path on IDX files written here, and the errors."""
+
+import gzip
+import os
+import struct
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from bnlib import data
+
+DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+needs_debian_copy = pytest.mark.skipif(
+    not DEBIAN.is_dir() and not os.environ.get("CI"),
+    reason="Debian's dataset-fashion-mnist is missing (CI installs it: never skipped there)",
+)
+
+
+def write_idx(raw: Path, images: torch.Tensor, labels: torch.Tensor, split: str) -> None:
+    """Write images (N, 28, 28) uint8 and labels (N,) in the IDX format MNIST files use."""
+    raw.mkdir(parents=True, exist_ok=True)
+    n = len(images)
+    (raw / f"{split}-images-idx3-ubyte").write_bytes(
+        struct.pack(">IIII", 2051, n, 28, 28) + images.numpy().tobytes()
+    )
+    (raw / f"{split}-labels-idx1-ubyte").write_bytes(
+        struct.pack(">II", 2049, n) + labels.numpy().astype("uint8").tobytes()
+    )
+
+
+@needs_debian_copy
+def test_fashion_mnist_from_debian_copy(tmp_path):
+    assert data.prepare("fashion-mnist", tmp_path)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    with gzip.open(DEBIAN / "t10k-labels-idx1-ubyte.gz", "rb") as f:
+        assert (raw / "t10k-labels-idx1-ubyte").read_bytes() == f.read()
+    X, y = data.load_tensors("fashion-mnist", train=False, root=tmp_path, download=False)
+    assert X.shape == (10_000, 1, 28, 28) and X.dtype == torch.float32
+    assert y.shape == (10_000,) and set(y.unique().tolist()) == set(range(10))
+    X_train, _ = data.load_tensors("fashion-mnist", train=True, root=tmp_path, download=False)
+    assert X_train.shape == (60_000, 1, 28, 28)
+    # standardised with the training set's statistics
+    assert abs(X_train.mean().item()) < 0.01 and abs(X_train.std().item() - 1) < 0.01
+    assert not any(raw.glob("*.partial"))
+
+
+def test_mnist_from_idx_files_written_here(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    g = torch.Generator().manual_seed(0)
+    train_images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8, generator=g)
+    train_labels = torch.tensor([3, 1, 4, 1, 5])
+    write_idx(raw, train_images, train_labels, "train")
+    write_idx(raw, train_images[:3], train_labels[:3], "t10k")
+    X, y = data.load_tensors("mnist", train=True, root=tmp_path, download=False)
+    assert X.shape == (5, 1, 28, 28) and y.tolist() == [3, 1, 4, 1, 5]
+    info = data.DATASETS["mnist"]
+    expected = (train_images.float() / 255 - info.mean) / info.std
+    torch.testing.assert_close(X[:, 0], expected)
+    X_test, y_test = data.load_tensors("mnist", train=False, root=tmp_path, download=False)
+    assert X_test.shape == (3, 1, 28, 28) and y_test.tolist() == [3, 1, 4]
+    assert data.load_tensors("mnist", root=tmp_path, limit=2, download=False)[0].shape[0] == 2
+
+
+def test_nothing_available_says_what_and_how_to_fix(tmp_path):
+    empty = tmp_path / "no-debian-copy"
+    with pytest.raises(data.DatasetUnavailableError) as caught:
+        data.load_dataset("fashion-mnist", root=tmp_path, download=False, debian_dir=empty)
+    message = str(caught.value)
+    assert "fashion-mnist" in message
+    assert str(tmp_path / "FashionMNIST" / "raw") in message
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert "internet" in message and "download=False" in message
+
+
+def test_failed_download_is_reported(tmp_path, monkeypatch):
+    def offline(self):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
+    with pytest.raises(data.DatasetUnavailableError, match="the download failed.*no network"):
+        data.load_dataset("mnist", root=tmp_path, download=True)
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+        data.load_tensors("cifar")
+
+
+def test_loader_is_reproducible_and_drops_the_last_batch():
+    X, y = torch.arange(10.0).view(10, 1), torch.arange(10)
+    first = [b[1].tolist() for b in data.make_loader(X, y, 4, seed=1)]
+    again = [b[1].tolist() for b in data.make_loader(X, y, 4, seed=1)]
+    assert first == again and len(first) == 2  # 10 // 4, the last 2 dropped
