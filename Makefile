@@ -1,0 +1,55 @@
+# Two entry points: `make book` builds the website, `make test` runs every check.
+# Both set up the environment first (.venv, created once and reused) and the data.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+BUILD_FLAGS := -W -n --keep-going
+NOTEBOOKS := chapters
+
+.PHONY: setup data book test lint unit notebooks build-strict serve clean
+
+setup: $(INSTALLED) data
+
+# Re-installs only when requirements.txt or pyproject.toml change.
+$(INSTALLED): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+# Fashion-MNIST, offline: Debian's copy (installed with apt where it is missing and apt is usable),
+# decompressed where torchvision looks. Elsewhere torchvision downloads it on first use.
+data: $(INSTALLED)
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null \
+	    && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends dataset-fashion-mnist \
+	    || echo "apt could not install dataset-fashion-mnist; torchvision will download it"; \
+	fi
+	$(BIN)/python -m bnlib.data
+
+book: setup
+	$(BIN)/jupyter-book build $(BUILD_FLAGS) .
+	@echo "The book is in $(CURDIR)/_build/html/index.html (make serve to browse it)"
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+unit: setup
+	$(BIN)/python -m pytest tests
+
+notebooks: setup
+	$(BIN)/python -m pytest --nbval-lax $(NOTEBOOKS)
+
+build-strict: book
+
+test: lint unit notebooks build-strict
+
+serve:
+	$(BIN)/python -m http.server --directory _build/html --bind 127.0.0.1 8000
+
+clean:
+	rm -rf _build
