@@ -23,6 +23,7 @@ __all__ = [
     "batch_norm_backward",
     "batch_norm_backward_staged",
     "batch_stats",
+    "naive_batch_stats",
     "BatchNormFunction",
 ]
 
@@ -48,6 +49,17 @@ def values_per_channel(x: Tensor) -> int:
 
 # ----------------------------------------------------------------------------------------------
 # Statistics
+
+
+def naive_batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance by the one-pass textbook formula E[x^2] - E[x]^2.
+
+    Kept to show why ``batch_stats`` is not written this way: when the mean is large compared
+    with the spread, the two terms agree in almost every digit and their difference is noise.
+    """
+    dims = reduce_dims(x)
+    mean = x.mean(dims)
+    return mean, (x * x).mean(dims) - mean * mean
 
 
 def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.patches import FancyBboxPatch
 
-__all__ = ["LABELS", "plot_activation_drift"]
+__all__ = ["LABELS", "plot_activation_drift", "draw_batch_norm_diagram"]
 
 LABELS = {
     "en": {
@@ -14,6 +15,15 @@ LABELS = {
         "test_accuracy": "test accuracy (%)",
         "without_bn": "without batch norm",
         "with_bn": "with batch norm",
+        "mini_batch": "mini-batch\n$x$: (N, C, H, W)",
+        "layer": "convolution\nor linear layer",
+        "batch_norm": "batch norm",
+        "stats": "per channel, over N, H, W:\n$\\mu_B$, $\\sigma_B^2$",
+        "normalise": "$\\hat{x} = (x - \\mu_B)\\,/\\sqrt{\\sigma_B^2 + \\varepsilon}$",
+        "affine": "$y = \\gamma\\,\\hat{x} + \\beta$  ($\\gamma$, $\\beta$ learned)",
+        "activation": "nonlinearity\n(ReLU, sigmoid)",
+        "next": "next\nlayer",
+        "running": "running averages of $\\mu_B$ and $\\sigma_B^2$\n(used instead in eval mode)",
     },
     "fr": {
         "step": "pas d'entraînement",
@@ -21,6 +31,18 @@ LABELS = {
         "test_accuracy": "exactitude sur le jeu de test (%)",
         "without_bn": "sans normalisation par lots",
         "with_bn": "avec normalisation par lots",
+        "mini_batch": "mini-lot\n$x$ : (N, C, H, W)",
+        "layer": "convolution\nou couche linéaire",
+        "batch_norm": "normalisation par lots",
+        "stats": "par canal, sur N, H, W :\n$\\mu_B$, $\\sigma_B^2$",
+        "normalise": "$\\hat{x} = (x - \\mu_B)\\,/\\sqrt{\\sigma_B^2 + \\varepsilon}$",
+        "affine": "$y = \\gamma\\,\\hat{x} + \\beta$  ($\\gamma$, $\\beta$ appris)",
+        "activation": "non-linéarité\n(ReLU, sigmoïde)",
+        "next": "couche\nsuivante",
+        "running": (
+            "moyennes glissantes de $\\mu_B$ et $\\sigma_B^2$\n"
+            "(utilisées à leur place en évaluation)"
+        ),
     },
 }
 
@@ -55,4 +77,69 @@ def plot_activation_drift(without_bn: dict, with_bn: dict, lang: str = "en") -> 
         axes[2].plot(history["step"], accuracy, color=COLOURS[key], label=t[key])
     axes[2].set(xlabel=t["step"], ylabel=t["test_accuracy"])
     axes[2].legend(loc="lower right")
+    return fig
+
+
+def _box(ax, x, y, w, h, text, colour, size="medium"):
+    """A rounded box centred on (x, y) with centred text."""
+    ax.add_patch(
+        FancyBboxPatch(
+            (x - w / 2, y - h / 2),
+            w,
+            h,
+            boxstyle="round,pad=0.02",
+            facecolor=colour,
+            edgecolor="#333333",
+            linewidth=1.2,
+        )
+    )
+    ax.text(x, y, text, ha="center", va="center", fontsize=size)
+
+
+def _arrow(ax, start, end, style="-|>", linestyle="-"):
+    ax.annotate(
+        "",
+        xy=end,
+        xytext=start,
+        arrowprops={"arrowstyle": style, "color": "#333333", "lw": 1.4, "linestyle": linestyle},
+    )
+
+
+def draw_batch_norm_diagram(lang: str = "en") -> Figure:
+    """Where batch norm sits in a network, and the three steps it computes (training mode)."""
+    t = _labels(lang)
+    fig, ax = plt.subplots(figsize=(12, 4.2), layout="constrained")
+    ax.set(xlim=(0, 12), ylim=(0, 4.2))
+    ax.axis("off")
+    # the batch norm layer: a frame holding its three steps
+    ax.add_patch(
+        FancyBboxPatch(
+            (4.2, 0.9),
+            4.3,
+            3.0,
+            boxstyle="round,pad=0.05",
+            facecolor="#e6f5ef",
+            edgecolor="#1b9e77",
+            linewidth=2,
+        )
+    )
+    ax.text(6.35, 3.65, t["batch_norm"], ha="center", va="center", weight="bold")
+    _box(ax, 6.5, 3.0, 3.5, 0.7, t["stats"], "#ffffff", "small")
+    _box(ax, 6.5, 2.05, 3.5, 0.6, t["normalise"], "#ffffff", "small")
+    _box(ax, 6.5, 1.25, 3.5, 0.5, t["affine"], "#ffffff", "small")
+    _arrow(ax, (6.5, 2.65), (6.5, 2.35))
+    _arrow(ax, (6.5, 1.75), (6.5, 1.5))
+    # the network around it
+    _box(ax, 0.9, 2.0, 1.5, 1.0, t["mini_batch"], "#f2f2f2", "small")
+    _box(ax, 3.0, 2.0, 1.7, 1.0, t["layer"], "#fde0c5", "small")
+    _box(ax, 9.9, 2.0, 1.7, 1.0, t["activation"], "#fde0c5", "small")
+    _box(ax, 11.45, 2.0, 0.9, 1.0, t["next"], "#f2f2f2", "small")
+    _arrow(ax, (1.65, 2.0), (2.15, 2.0))
+    _arrow(ax, (3.85, 2.0), (4.15, 2.0))
+    _arrow(ax, (8.55, 2.0), (9.05, 2.0))
+    _arrow(ax, (10.75, 2.0), (11.0, 2.0))
+    # running statistics, updated in training, used in evaluation
+    _box(ax, 6.35, 0.3, 5.2, 0.5, t["running"], "#fff8d6", "small")
+    _arrow(ax, (4.72, 3.0), (4.45, 3.0), style="-")
+    _arrow(ax, (4.45, 3.0), (4.45, 0.55), style="<|-|>", linestyle="--")
     return fig

@@ -145,8 +145,10 @@ def test_stable_variance_on_offset_float32():
     assert error(ours_rm, ref_mean) <= max(error(theirs_rm, ref_mean), 1e-7)
     assert (y.double() - ref_y).abs().max() <= (y_t.double() - ref_y).abs().max() + 1e-3
     # the naive one-pass formula fails on the same data: why batch_stats is written as it is
-    naive_var = (x * x).mean((0, 2, 3)) - x.mean((0, 2, 3)) ** 2
+    _, naive_var = F.naive_batch_stats(x)
     assert error(naive_var, x64.var((0, 2, 3), unbiased=False)) > 0.5
+    _, naive_var64 = F.naive_batch_stats(x64)  # the formula itself is right: fine in float64
+    assert error(naive_var64, x64.var((0, 2, 3), unbiased=False)) < 1e-3
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,62 @@
+"""bnlib.compare finds real differences; bnlib.plots labels figures in the page's language."""
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+import bnlib
+from bnlib.compare import compare_layers
+from bnlib.plots import draw_batch_norm_diagram, plot_activation_drift
+
+BATCHES = [torch.randn(8, 3, 4, 4) * 2 + 1 for _ in range(3)]
+
+
+def test_compare_layers_twins_agree():
+    diffs = compare_layers(
+        bnlib.BatchNorm2d(3), nn.BatchNorm2d(3), BATCHES, torch.randn(5, 3, 4, 4)
+    )
+    assert set(diffs) == {
+        "output",
+        "grad_input",
+        "grad_weight",
+        "grad_bias",
+        "running_mean",
+        "running_var",
+        "num_batches_tracked",
+    }
+    assert max(diffs.values()) < 1e-5
+
+
+def test_compare_layers_sees_a_different_layer():
+    diffs = compare_layers(
+        bnlib.BatchNorm2d(3, momentum=0.5), nn.BatchNorm2d(3), BATCHES, torch.randn(5, 3, 4, 4)
+    )
+    assert diffs["running_mean"] > 1e-2 and diffs["output"] > 1e-2  # eval output differs
+    assert diffs["num_batches_tracked"] == 0  # both counted the same batches
+
+
+def fake_history(shift):
+    return {
+        "step": [0, 10, 20],
+        "percentiles": [[-1 + shift, 0 + shift, 1 + shift]] * 3,
+        "test_accuracy": [0.1, 0.5, 0.8],
+    }
+
+
+@pytest.mark.parametrize(
+    ("lang", "xlabel"), [("fr", "pas d'entraînement"), ("en", "training step")]
+)
+def test_drift_plot_is_labelled_in_the_page_language(lang, xlabel):
+    fig = plot_activation_drift(fake_history(0), fake_history(2), lang=lang)
+    assert isinstance(fig, Figure) and len(fig.axes) == 3
+    assert all(ax.get_xlabel() == xlabel for ax in fig.axes)
+    low, high = fig.axes[0].get_ylim()
+    assert fig.axes[1].get_ylim() == (low, high) and low < -1 and high > 3  # one shared scale
+
+
+def test_diagram_text_follows_the_language():
+    texts = {t.get_text() for t in draw_batch_norm_diagram("fr").axes[0].texts}
+    assert "normalisation par lots" in texts
+    with pytest.raises(ValueError, match="lang must be one of"):
+        draw_batch_norm_diagram("de")
