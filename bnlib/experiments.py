@@ -1,17 +1,40 @@
-"""Experiments: a configuration in, a history (plain numbers) out. Nothing is drawn here."""
+"""Experiments: a configuration in, a history (plain numbers) out. Nothing is drawn here.
+
+``run(config)`` trains once and caches the history on disk, keyed by the configuration and by
+the source of bnlib itself, so the French and English twins of a chapter train once per build,
+a rebuild costs seconds, and a change to the library can never serve a stale result.
+"""
 
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
+import os
+import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import joblib
 import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
 from bnlib.data import load_tensors, make_loader
-from bnlib.models import PaperMLP
+from bnlib.models import ArticleCNN, DistributionShift, PaperMLP, scale_init
 from bnlib.training import evaluate, set_seed, train_steps
 
-__all__ = ["DriftConfig", "activation_drift"]
+__all__ = [
+    "DriftConfig",
+    "activation_drift",
+    "RunConfig",
+    "train_run",
+    "NoiseConfig",
+    "batch_noise",
+    "run",
+    "run_all",
+]
 
 
 @dataclass(frozen=True)
@@ -65,3 +88,193 @@ def activation_drift(config: DriftConfig) -> dict:
     loader = make_loader(X, y, config.batch_size, seed=config.seed)
     train_steps(model, loader, optimizer, config.num_steps, on_step=record)
     return {"config": asdict(config), **history}
+
+
+# ----------------------------------------------------------------------------------------------
+# One training run
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One seeded training run. The defaults are the paper's MLP on Fashion-MNIST."""
+
+    model: str = "mlp"  # "mlp" (PaperMLP) or "cnn" (ArticleCNN)
+    norm: str | None = None  # None, "torch" or "bnlib"
+    activation: str = "sigmoid"  # mlp only
+    depth: int = 3  # mlp only
+    dropout: float = 0.0
+    shift: tuple[float, float] | None = None  # (max_shift, max_scale) of a DistributionShift
+    init_gain: float | None = None  # None: PyTorch's default initialisation, else scale_init
+    dataset: str = "fashion-mnist"
+    train_limit: int | None = 20000  # the first training images used
+    batch_size: int = 60
+    lr: float = 0.1  # plain SGD
+    num_steps: int = 1000
+    eval_every: int = 50
+    eval_train_size: int = 5000  # training images on which training accuracy is measured
+    seed: int = 0
+
+
+def build_model(config: RunConfig) -> torch.nn.Module:
+    """The network a configuration describes, initialised from its seed."""
+    set_seed(config.seed)
+    if config.model == "cnn":
+        model = ArticleCNN(norm=config.norm, dropout=config.dropout)
+    elif config.model == "mlp":
+        shift = DistributionShift(*config.shift) if config.shift else None
+        model = PaperMLP(
+            config.norm,
+            depth=config.depth,
+            activation=config.activation,
+            dropout=config.dropout,
+            shift=shift,
+        )
+    else:
+        raise ValueError(f"model must be 'mlp' or 'cnn', got {config.model!r}")
+    if config.init_gain is not None:
+        scale_init(model, config.init_gain)
+    return model
+
+
+def train_run(config: RunConfig) -> dict:
+    """Train with plain SGD and record, every ``eval_every`` steps, losses and accuracies.
+
+    Returns:
+        ``{"config": dict, "step": [...], "train_loss": [...], "test_loss": [...],
+        "test_accuracy": [...], "train_accuracy": [...], "diverged": bool}``. ``train_loss`` is
+        the mean loss of the mini-batches since the previous record, as training computes it
+        (None at step 0);
+        the accuracies are measured in eval mode. A run whose loss becomes infinite or NaN stops
+        there with ``diverged=True``.
+    """
+    X, y = load_tensors(config.dataset, train=True, limit=config.train_limit)
+    X_test, y_test = load_tensors(config.dataset, train=False)
+    X_seen, y_seen = X[: config.eval_train_size], y[: config.eval_train_size]
+    model = build_model(config)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    history = {k: [] for k in ("step", "train_loss", "test_loss", "test_accuracy")}
+    history |= {"train_accuracy": [], "diverged": False}
+    window: list[float] = []
+
+    def record(step: int) -> None:
+        test_loss, test_accuracy = evaluate(model, X_test, y_test)
+        history["step"].append(step)
+        history["train_loss"].append(sum(window) / len(window) if window else None)
+        history["test_loss"].append(test_loss)
+        history["test_accuracy"].append(test_accuracy)
+        history["train_accuracy"].append(evaluate(model, X_seen, y_seen)[1])
+        window.clear()
+
+    record(0)
+    loader = make_loader(X, y, config.batch_size, seed=config.seed)
+    device = next(model.parameters()).device
+    model.train()
+    step = 0
+    while step < config.num_steps and not history["diverged"]:
+        for xb, yb in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.nll_loss(model(xb.to(device)), yb.to(device))
+            if not torch.isfinite(loss):
+                history["diverged"] = True
+                break
+            loss.backward()
+            optimizer.step()
+            step += 1
+            window.append(loss.item())
+            if step % config.eval_every == 0:
+                record(step)
+            if step == config.num_steps:
+                break
+    return {"config": asdict(config), **history}
+
+
+# ----------------------------------------------------------------------------------------------
+# The cache
+
+
+def _source_fingerprint() -> str:
+    """A hash of bnlib's source: results computed by another version of the code are not reused."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    """``$BNLIB_CACHE``; else ``_build/bnlib-cache`` in the book's checkout (``make clean`` empties
+    it); else ``~/.cache/bnlib``."""
+    if os.environ.get("BNLIB_CACHE"):
+        return Path(os.environ["BNLIB_CACHE"])
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "_config.yml").is_file():
+        return checkout / "_build" / "bnlib-cache"
+    return Path.home() / ".cache" / "bnlib"
+
+
+# ----------------------------------------------------------------------------------------------
+# The noise a mini-batch adds
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """How much the output of batch norm for one image depends on the rest of its mini-batch."""
+
+    batch_sizes: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 128, 256)
+    draws: int = 200  # random mini-batches per size
+    dataset: str = "fashion-mnist"
+    train_limit: int = 20000
+    seed: int = 0
+
+
+def batch_noise(config: NoiseConfig) -> dict:
+    """Put one fixed image in ``draws`` random mini-batches of each size and measure, at the
+    first batch norm of the paper's MLP (at initialisation, training mode), the standard deviation
+    of that image's normalised features across mini-batches, averaged over the 100 features.
+
+    Returns:
+        ``{"config": dict, "batch_size": [...], "noise_std": [...]}``.
+    """
+    X, _ = load_tensors(config.dataset, train=True, limit=config.train_limit)
+    model = build_model(RunConfig(norm="bnlib", seed=config.seed))
+    linear, norm = model.linears[0], model.norms[0]
+    generator = torch.Generator().manual_seed(config.seed)
+    image, others = X[:1], X[1:]
+    noise_std = []
+    with torch.no_grad():
+        for size in config.batch_sizes:
+            outputs = []
+            for _ in range(config.draws):
+                index = torch.randint(len(others), (size - 1,), generator=generator)
+                batch = torch.cat([image, others[index]])  # (size, 1, 28, 28)
+                outputs.append(norm(linear(batch.flatten(1)))[0])  # (100,) the fixed image
+            noise_std.append(torch.stack(outputs).std(0).mean().item())
+    return {
+        "config": asdict(config),
+        "batch_size": list(config.batch_sizes),
+        "noise_std": noise_std,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The cache
+
+EXPERIMENTS = {RunConfig: train_run, DriftConfig: activation_drift, NoiseConfig: batch_noise}
+
+
+@functools.cache
+def _cached(experiment):
+    memory = joblib.Memory(cache_dir() / _source_fingerprint(), verbose=0)
+    return memory.cache(experiment)
+
+
+def run(config: RunConfig | DriftConfig | NoiseConfig) -> dict:
+    """Run the experiment a configuration describes, once: later calls read the disk cache."""
+    if type(config) not in EXPERIMENTS:
+        raise TypeError(f"no experiment takes a {type(config).__name__}")
+    return _cached(EXPERIMENTS[type(config)])(config)
+
+
+def run_all(configs: Sequence, desc: str = "runs", progress: bool = True) -> list[dict]:
+    """``run`` on each configuration in turn, with a text progress bar (no notebook widget)."""
+    bar = tqdm(configs, desc=desc, file=sys.stderr, ascii=True, disable=not progress, ncols=80)
+    return [run(config) for config in bar]

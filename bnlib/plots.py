@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 
-__all__ = ["LABELS", "plot_activation_drift", "draw_batch_norm_diagram"]
+__all__ = [
+    "LABELS",
+    "plot_activation_drift",
+    "draw_batch_norm_diagram",
+    "plot_training_curves",
+    "plot_sweep",
+    "plot_generalisation",
+    "plot_batch_noise",
+]
 
 LABELS = {
     "en": {
@@ -15,6 +25,24 @@ LABELS = {
         "test_accuracy": "test accuracy (%)",
         "without_bn": "without batch norm",
         "with_bn": "with batch norm",
+        "with_noisy_bn": "batch norm + shifting noise",
+        "with_strong_noise": "batch norm + strong shifting noise",
+        "with_dropout": "dropout",
+        "with_bn_dropout": "batch norm + dropout",
+        "train_loss": "training loss (NLL)",
+        "test_loss": "test loss (NLL)",
+        "accuracy": "accuracy (%)",
+        "train_accuracy": "training accuracy (%)",
+        "final_test_accuracy": "final test accuracy (%)",
+        "lr": "learning rate (log scale)",
+        "init_gain": "initial weight scale (gain, log scale)",
+        "batch_size": "mini-batch size (log scale)",
+        "noise_std": "std of one image's normalised features\nacross mini-batches (log scale)",
+        "measured": "measured",
+        "inverse_sqrt": "$\\propto 1/\\sqrt{B}$",
+        "train": "training set",
+        "test": "test set",
+        "diverged": "diverged",
         "mini_batch": "mini-batch\n$x$: (N, C, H, W)",
         "layer": "convolution\nor linear layer",
         "batch_norm": "batch norm",
@@ -31,6 +59,26 @@ LABELS = {
         "test_accuracy": "exactitude sur le jeu de test (%)",
         "without_bn": "sans normalisation par lots",
         "with_bn": "avec normalisation par lots",
+        "with_noisy_bn": "normalisation + bruit mouvant",
+        "with_strong_noise": "normalisation + bruit mouvant fort",
+        "with_dropout": "dropout",
+        "with_bn_dropout": "normalisation + dropout",
+        "train_loss": "perte d'entraînement (NLL)",
+        "test_loss": "perte sur le jeu de test (NLL)",
+        "accuracy": "exactitude (%)",
+        "train_accuracy": "exactitude sur le jeu d'entraînement (%)",
+        "final_test_accuracy": "exactitude finale sur le jeu de test (%)",
+        "lr": "taux d'apprentissage (échelle log)",
+        "init_gain": "échelle initiale des poids (gain, échelle log)",
+        "batch_size": "taille du mini-lot (échelle log)",
+        "noise_std": (
+            "écart type des sorties normalisées d'une image\nd'un mini-lot à l'autre (échelle log)"
+        ),
+        "measured": "mesuré",
+        "inverse_sqrt": "$\\propto 1/\\sqrt{B}$",
+        "train": "jeu d'entraînement",
+        "test": "jeu de test",
+        "diverged": "divergé",
         "mini_batch": "mini-lot\n$x$ : (N, C, H, W)",
         "layer": "convolution\nou couche linéaire",
         "batch_norm": "normalisation par lots",
@@ -47,7 +95,14 @@ LABELS = {
 }
 
 # Colours that stay distinct on light and dark backgrounds (the figure keeps a white face).
-COLOURS = {"without_bn": "#d95f02", "with_bn": "#1b9e77"}
+COLOURS = {
+    "without_bn": "#d95f02",
+    "with_bn": "#1b9e77",
+    "with_noisy_bn": "#7570b3",
+    "with_strong_noise": "#e7298a",
+    "with_dropout": "#66a61e",
+    "with_bn_dropout": "#a6761d",
+}
 
 
 def _labels(lang: str) -> dict[str, str]:
@@ -142,4 +197,82 @@ def draw_batch_norm_diagram(lang: str = "en") -> Figure:
     _box(ax, 6.35, 0.3, 5.2, 0.5, t["running"], "#fff8d6", "small")
     _arrow(ax, (4.72, 3.0), (4.45, 3.0), style="-")
     _arrow(ax, (4.45, 3.0), (4.45, 0.55), style="<|-|>", linestyle="--")
+    return fig
+
+
+def plot_training_curves(runs: dict[str, dict], lang: str = "en") -> Figure:
+    """Training loss and test accuracy against steps, one line per run.
+
+    ``runs`` maps a label key of ``LABELS`` (``"without_bn"``, ``"with_bn"``, ...) to a
+    ``train_run`` history; a diverged run ends where it diverged, marked with a cross.
+    """
+    t = _labels(lang)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    for key, history in runs.items():
+        steps = history["step"]
+        style = {"color": COLOURS.get(key), "label": t[key]}
+        ax_loss.plot(steps[1:], history["train_loss"][1:], **style)
+        ax_acc.plot(steps, [100 * a for a in history["test_accuracy"]], **style)
+        if history["diverged"]:
+            ax_acc.plot(
+                steps[-1], 100 * history["test_accuracy"][-1], "x", ms=10, color=style["color"]
+            )
+    ax_loss.set(xlabel=t["step"], ylabel=t["train_loss"], yscale="log")
+    ax_acc.set(xlabel=t["step"], ylabel=t["accuracy"] + " — " + t["test"])
+    ax_acc.legend(loc="lower right")
+    return fig
+
+
+def plot_sweep(
+    values: Sequence[float], runs: dict[str, list[dict]], xlabel: str, lang: str = "en"
+) -> Figure:
+    """Final test accuracy against a swept setting (log scale), one line per family of runs.
+
+    ``runs`` maps a label key to the histories of the sweep, in the order of ``values``;
+    diverged runs are drawn as crosses at their last accuracy.
+    """
+    t = _labels(lang)
+    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
+    for key, histories in runs.items():
+        final = [100 * h["test_accuracy"][-1] for h in histories]
+        ax.plot(values, final, "o-", color=COLOURS.get(key), label=t[key])
+        crosses = [
+            (v, f) for v, f, h in zip(values, final, histories, strict=True) if h["diverged"]
+        ]
+        if crosses:
+            ax.plot(*zip(*crosses, strict=True), "x", ms=12, mew=2, color=COLOURS.get(key))
+    ax.set(xscale="log", xlabel=t[xlabel], ylabel=t["final_test_accuracy"], ylim=(0, 100))
+    ax.legend(title=f"x: {t['diverged']}", loc="lower left")
+    return fig
+
+
+def plot_generalisation(runs: dict[str, dict], lang: str = "en") -> Figure:
+    """Final training and test accuracy side by side for each run: the gap is overfitting."""
+    t = _labels(lang)
+    fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
+    keys = list(runs)
+    width = 0.38
+    for offset, (split, colour) in zip(
+        (-width / 2, width / 2), (("train", "#bbbbbb"), ("test", "#555555")), strict=True
+    ):
+        values = [100 * runs[k][f"{split}_accuracy"][-1] for k in keys]
+        ax.bar([i + offset for i in range(len(keys))], values, width, color=colour, label=t[split])
+    ax.set_xticks(range(len(keys)), [t[k] for k in keys], rotation=15)
+    low = min(100 * runs[k]["test_accuracy"][-1] for k in keys)
+    ax.set(ylabel=t["accuracy"], ylim=(max(0, low - 10), 100.5))
+    ax.legend(loc="upper right")
+    return fig
+
+
+def plot_batch_noise(history: dict, lang: str = "en") -> Figure:
+    """The noise batch norm adds to one image's features against the mini-batch size (log-log),
+    with the 1/sqrt(B) line through the last point for comparison."""
+    t = _labels(lang)
+    sizes, noise = history["batch_size"], history["noise_std"]
+    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
+    ax.plot(sizes, noise, "o-", color=COLOURS["with_bn"], label=t["measured"])
+    reference = [noise[-1] * (sizes[-1] / b) ** 0.5 for b in sizes]
+    ax.plot(sizes, reference, "--", color="#555555", label=t["inverse_sqrt"])
+    ax.set(xscale="log", yscale="log", xlabel=t["batch_size"], ylabel=t["noise_std"])
+    ax.legend()
     return fig

@@ -6,6 +6,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 import bnlib
+from bnlib import plots
 from bnlib.compare import compare_layers
 from bnlib.plots import draw_batch_norm_diagram, plot_activation_drift
 
@@ -60,3 +61,35 @@ def test_diagram_text_follows_the_language():
     assert "normalisation par lots" in texts
     with pytest.raises(ValueError, match="lang must be one of"):
         draw_batch_norm_diagram("de")
+
+
+def fake_run(accuracy, diverged=False):
+    return {
+        "step": [0, 10, 20],
+        "train_loss": [None, 1.0, 0.5],
+        "test_accuracy": [0.1, 0.5, accuracy],
+        "train_accuracy": [0.1, 0.6, accuracy + 0.1],
+        "diverged": diverged,
+    }
+
+
+@pytest.mark.parametrize("lang", ["fr", "en"])
+def test_benefit_plots_are_labelled_in_the_page_language(lang):
+    t = plots.LABELS[lang]
+    runs = {"without_bn": fake_run(0.1, diverged=True), "with_bn": fake_run(0.8)}
+    fig = plots.plot_training_curves(runs, lang)
+    assert [line.get_label() for line in fig.axes[1].get_legend().get_lines()] == [
+        t["without_bn"],
+        t["with_bn"],
+    ]
+    sweep = plots.plot_sweep(
+        [0.1, 1.0], {"with_bn": [fake_run(0.8), fake_run(0.1, True)]}, "lr", lang
+    )
+    assert sweep.axes[0].get_xlabel() == t["lr"] and sweep.axes[0].get_xscale() == "log"
+    bars = plots.plot_generalisation(runs, lang)
+    assert [tick.get_text() for tick in bars.axes[0].get_xticklabels()] == [
+        t["without_bn"],
+        t["with_bn"],
+    ]
+    noise = plots.plot_batch_noise({"batch_size": [2, 8], "noise_std": [0.5, 0.25]}, lang)
+    assert noise.axes[0].get_ylabel() == t["noise_std"]

@@ -1,0 +1,89 @@
+"""bnlib.experiments: runs are reproducible, cached by configuration, and report divergence."""
+
+import pytest
+import torch
+from torch import nn
+
+from bnlib import experiments
+from bnlib.experiments import NoiseConfig, RunConfig, run, run_all, train_run
+from bnlib.models import DistributionShift, PaperMLP, scale_init
+
+TINY = RunConfig(norm="bnlib", train_limit=600, num_steps=20, eval_every=10, eval_train_size=200)
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("BNLIB_CACHE", str(tmp_path))
+    experiments._cached.cache_clear()
+    yield tmp_path
+    experiments._cached.cache_clear()
+
+
+def test_history_shape_and_reproducibility():
+    first, again = train_run(TINY), train_run(TINY)
+    assert first == again  # same seed, same numbers
+    assert first["step"] == [0, 10, 20] and not first["diverged"]
+    assert first["train_loss"][0] is None and first["train_loss"][-1] > 0
+    assert all(0 <= a <= 1 for a in first["test_accuracy"] + first["train_accuracy"])
+    assert first["config"]["norm"] == "bnlib"
+
+
+def test_divergence_stops_the_run():
+    history = train_run(RunConfig(activation="relu", lr=10.0, train_limit=600, num_steps=200))
+    assert history["diverged"]
+    assert len(history["step"]) < 5  # it stopped long before step 200
+
+
+def test_cache_serves_the_same_numbers_and_a_fresh_cache_recomputes_them(fresh_cache):
+    cached_call = experiments._cached(experiments.train_run)
+    assert not cached_call.check_call_in_cache(TINY)
+    first = run(TINY)
+    assert cached_call.check_call_in_cache(TINY)
+    assert run(TINY) == first
+    experiments._cached.cache_clear()
+    for path in fresh_cache.rglob("*"):
+        if path.is_file():
+            path.unlink()
+    assert run(TINY) == first  # recomputed from scratch: identical
+
+
+def test_run_all_and_unknown_configuration(fresh_cache):
+    histories = run_all([TINY, NoiseConfig(batch_sizes=(2, 64), draws=20)], progress=False)
+    assert histories[0] == train_run(TINY) and histories[1]["batch_size"] == [2, 64]
+    with pytest.raises(TypeError, match="no experiment takes a dict"):
+        run({"lr": 0.1})
+
+
+def test_batch_noise_shrinks_with_the_batch():
+    noise = experiments.batch_noise(NoiseConfig(batch_sizes=(4, 16, 64), draws=50))["noise_std"]
+    assert noise[0] > noise[1] > noise[2] > 0
+    assert 1.5 < noise[0] / noise[1] < 3  # about sqrt(4) = 2 per factor 4 in batch size
+
+
+def test_distribution_shift_moves_every_step_in_training_only():
+    shift = DistributionShift(max_shift=0.5, max_scale=1.5)
+    x = torch.ones(4, 3)
+    a, b = shift(x), shift(x)
+    assert not torch.equal(a, b)
+    assert ((a >= 1 - 0.5) & (a <= 1.5 + 0.5)).all()
+    assert torch.equal(a[0], a[1])  # one draw for the whole mini-batch
+    assert torch.equal(shift.eval()(x), x)
+
+
+def test_scale_init_sets_the_weight_scale():
+    model = scale_init(PaperMLP(hidden=400), gain=3.0)
+    first = model.linears[0]
+    assert abs(first.weight.std().item() - 3.0 / 784**0.5) < 0.005
+    assert torch.equal(first.bias, torch.zeros(400))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        PaperMLP(activation="tanh")
+
+
+def test_build_model_options():
+    model = experiments.build_model(RunConfig(dropout=0.3, shift=(1.0, 2.0), norm="torch"))
+    assert isinstance(model.norms[0], nn.BatchNorm1d) and model.dropout.p == 0.3
+    assert isinstance(model.shifts[0], DistributionShift)
+    cnn = experiments.build_model(RunConfig(model="cnn", norm="bnlib"))
+    assert cnn(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="model must be"):
+        experiments.build_model(RunConfig(model="rnn"))
