@@ -18,11 +18,15 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "reduce_dims",
+    "per_channel",
+    "values_per_channel",
     "batch_norm",
     "batch_norm_forward",
     "batch_norm_backward",
     "batch_norm_backward_staged",
     "batch_stats",
+    "centred_stats",
     "naive_batch_stats",
     "BatchNormFunction",
 ]
@@ -62,6 +66,21 @@ def naive_batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     return mean, (x * x).mean(dims) - mean * mean
 
 
+def centred_stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The corrected two-pass algorithm (Chan, Golub and LeVeque, 1983), keeping its pieces.
+
+    Returns ``(shift, residual, centred, var)``: ``shift`` (C,) a first estimate of the mean,
+    ``centred = x - shift``, ``residual`` (C,) the mean of ``centred`` (what the first estimate
+    got wrong), and the biased variance (C,). The mean is ``shift + residual``.
+    """
+    dims = reduce_dims(x)
+    shift = x.mean(dims)  # (C,) first pass
+    centred = x - per_channel(shift, x)  # exact when x is close to shift
+    residual = centred.mean(dims)  # (C,) ~0
+    var = (centred * centred).mean(dims) - residual * residual
+    return shift, residual, centred, var.clamp_min(0)
+
+
 def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel mean and biased variance of x (N, C, *), both of shape (C,).
 
@@ -71,13 +90,8 @@ def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     of the mean, then correct both the mean and the variance with the residual mean of the
     centred values, which cancels the error of that first estimate.
     """
-    dims = reduce_dims(x)
-    shift = x.mean(dims, keepdim=True)  # (1, C, 1, ...) first estimate of the mean
-    centred = x - shift
-    residual = centred.mean(dims)  # (C,) ~0; what the first pass got wrong
-    mean = shift.flatten() + residual
-    var = (centred * centred).mean(dims) - residual * residual
-    return mean, var.clamp_min(0)
+    shift, residual, _, var = centred_stats(x)
+    return shift + residual, var
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,11 +113,13 @@ def batch_norm_forward(
         ``cache = (x_hat, inv_std, gamma)``, all the backward needs, with x_hat of the shape of x
         and inv_std = 1 / sqrt(var + eps) of shape (C,).
     """
-    mean, var = batch_stats(x)
+    shift, residual, centred, var = centred_stats(x)
     inv_std = torch.rsqrt(var + eps)  # (C,)
-    x_hat = (x - per_channel(mean, x)) * per_channel(inv_std, x)
+    # x - mean, as (x - shift) - residual: in float32, shift + residual would round the mean
+    # to the precision of a large number and shift every x_hat by that rounding error.
+    x_hat = (centred - per_channel(residual, x)) * per_channel(inv_std, x)
     y = x_hat * per_channel(gamma, x) + per_channel(beta, x)
-    return y, (mean, var), (x_hat, inv_std, gamma)
+    return y, (shift + residual, var), (x_hat, inv_std, gamma)
 
 
 def batch_norm_backward(dy: Tensor, cache: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, ...]:
