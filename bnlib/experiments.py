@@ -23,13 +23,14 @@ from tqdm import tqdm
 
 from bnlib.data import load_tensors, make_loader
 from bnlib.models import ArticleCNN, DistributionShift, PaperMLP, scale_init
-from bnlib.training import evaluate, set_seed, train_steps
+from bnlib.training import default_device, evaluate, set_seed, train_steps
 
 __all__ = [
     "DriftConfig",
     "activation_drift",
     "RunConfig",
     "train_run",
+    "trained_model",
     "NoiseConfig",
     "batch_noise",
     "run",
@@ -108,11 +109,14 @@ class RunConfig:
     dataset: str = "fashion-mnist"
     train_limit: int | None = 20000  # the first training images used
     batch_size: int = 60
-    lr: float = 0.1  # plain SGD
+    lr: float = 0.1  # SGD
+    sgd_momentum: float = 0.0  # 0: plain SGD
     num_steps: int = 1000
     eval_every: int = 50
     eval_train_size: int = 5000  # training images on which training accuracy is measured
+    eval_test_size: int | None = None  # test images measured at each record; None: all
     seed: int = 0
+    keep_state: bool = False  # return the trained weights too, under "state_dict"
 
 
 def build_model(config: RunConfig) -> torch.nn.Module:
@@ -141,17 +145,20 @@ def train_run(config: RunConfig) -> dict:
 
     Returns:
         ``{"config": dict, "step": [...], "train_loss": [...], "test_loss": [...],
-        "test_accuracy": [...], "train_accuracy": [...], "diverged": bool}``. ``train_loss`` is
-        the mean loss of the mini-batches since the previous record, as training computes it
-        (None at step 0);
+        "test_accuracy": [...], "train_accuracy": [...], "diverged": bool}``, plus
+        ``"state_dict"`` with ``keep_state``. Training runs on the GPU when there is one.
+        ``train_loss`` is the mean loss of the mini-batches since the previous record, as
+        training computes it (None at step 0);
         the accuracies are measured in eval mode. A run whose loss becomes infinite or NaN stops
         there with ``diverged=True``.
     """
     X, y = load_tensors(config.dataset, train=True, limit=config.train_limit)
-    X_test, y_test = load_tensors(config.dataset, train=False)
+    X_test, y_test = load_tensors(config.dataset, train=False, limit=config.eval_test_size)
     X_seen, y_seen = X[: config.eval_train_size], y[: config.eval_train_size]
     model = build_model(config)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    device = default_device()
+    model = model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.sgd_momentum)
     history = {k: [] for k in ("step", "train_loss", "test_loss", "test_accuracy")}
     history |= {"train_accuracy": [], "diverged": False}
     window: list[float] = []
@@ -167,7 +174,6 @@ def train_run(config: RunConfig) -> dict:
 
     record(0)
     loader = make_loader(X, y, config.batch_size, seed=config.seed)
-    device = next(model.parameters()).device
     model.train()
     step = 0
     while step < config.num_steps and not history["diverged"]:
@@ -185,7 +191,18 @@ def train_run(config: RunConfig) -> dict:
                 record(step)
             if step == config.num_steps:
                 break
+    if config.keep_state:
+        history["state_dict"] = {k: v.cpu() for k, v in model.state_dict().items()}
     return {"config": asdict(config), **history}
+
+
+def trained_model(history: dict) -> torch.nn.Module:
+    """The network of a ``train_run(RunConfig(..., keep_state=True))`` history, in eval mode."""
+    if "state_dict" not in history:
+        raise ValueError("this history kept no weights: run it with RunConfig(keep_state=True)")
+    model = build_model(RunConfig(**history["config"]))
+    model.load_state_dict(history["state_dict"])
+    return model.eval()
 
 
 # ----------------------------------------------------------------------------------------------

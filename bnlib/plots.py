@@ -7,6 +7,9 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
+from torch import Tensor
+
+from bnlib.labels import CLASS_NAMES, LABELS, labels
 
 __all__ = [
     "LABELS",
@@ -16,83 +19,9 @@ __all__ = [
     "plot_sweep",
     "plot_generalisation",
     "plot_batch_noise",
+    "plot_confusion_matrix",
+    "plot_misclassified",
 ]
-
-LABELS = {
-    "en": {
-        "step": "training step",
-        "sigmoid_input": "input of one sigmoid (15th, 50th, 85th percentiles)",
-        "test_accuracy": "test accuracy (%)",
-        "without_bn": "without batch norm",
-        "with_bn": "with batch norm",
-        "with_noisy_bn": "batch norm + shifting noise",
-        "with_strong_noise": "batch norm + strong shifting noise",
-        "with_dropout": "dropout",
-        "with_bn_dropout": "batch norm + dropout",
-        "train_loss": "training loss (NLL)",
-        "test_loss": "test loss (NLL)",
-        "accuracy": "accuracy (%)",
-        "train_accuracy": "training accuracy (%)",
-        "final_test_accuracy": "final test accuracy (%)",
-        "lr": "learning rate (log scale)",
-        "init_gain": "initial weight scale (gain, log scale)",
-        "batch_size": "mini-batch size (log scale)",
-        "noise_std": "std of one image's normalised features\nacross mini-batches (log scale)",
-        "measured": "measured",
-        "inverse_sqrt": "$\\propto 1/\\sqrt{B}$",
-        "train": "training set",
-        "test": "test set",
-        "diverged": "diverged",
-        "mini_batch": "mini-batch\n$x$: (N, C, H, W)",
-        "layer": "convolution\nor linear layer",
-        "batch_norm": "batch norm",
-        "stats": "per channel, over N, H, W:\n$\\mu_B$, $\\sigma_B^2$",
-        "normalise": "$\\hat{x} = (x - \\mu_B)\\,/\\sqrt{\\sigma_B^2 + \\varepsilon}$",
-        "affine": "$y = \\gamma\\,\\hat{x} + \\beta$  ($\\gamma$, $\\beta$ learned)",
-        "activation": "nonlinearity\n(ReLU, sigmoid)",
-        "next": "next\nlayer",
-        "running": "running averages of $\\mu_B$ and $\\sigma_B^2$\n(used instead in eval mode)",
-    },
-    "fr": {
-        "step": "pas d'entraînement",
-        "sigmoid_input": "entrée d'une sigmoïde (15e, 50e, 85e centiles)",
-        "test_accuracy": "exactitude sur le jeu de test (%)",
-        "without_bn": "sans normalisation par lots",
-        "with_bn": "avec normalisation par lots",
-        "with_noisy_bn": "normalisation + bruit mouvant",
-        "with_strong_noise": "normalisation + bruit mouvant fort",
-        "with_dropout": "dropout",
-        "with_bn_dropout": "normalisation + dropout",
-        "train_loss": "perte d'entraînement (NLL)",
-        "test_loss": "perte sur le jeu de test (NLL)",
-        "accuracy": "exactitude (%)",
-        "train_accuracy": "exactitude sur le jeu d'entraînement (%)",
-        "final_test_accuracy": "exactitude finale sur le jeu de test (%)",
-        "lr": "taux d'apprentissage (échelle log)",
-        "init_gain": "échelle initiale des poids (gain, échelle log)",
-        "batch_size": "taille du mini-lot (échelle log)",
-        "noise_std": (
-            "écart type des sorties normalisées d'une image\nd'un mini-lot à l'autre (échelle log)"
-        ),
-        "measured": "mesuré",
-        "inverse_sqrt": "$\\propto 1/\\sqrt{B}$",
-        "train": "jeu d'entraînement",
-        "test": "jeu de test",
-        "diverged": "divergé",
-        "mini_batch": "mini-lot\n$x$ : (N, C, H, W)",
-        "layer": "convolution\nou couche linéaire",
-        "batch_norm": "normalisation par lots",
-        "stats": "par canal, sur N, H, W :\n$\\mu_B$, $\\sigma_B^2$",
-        "normalise": "$\\hat{x} = (x - \\mu_B)\\,/\\sqrt{\\sigma_B^2 + \\varepsilon}$",
-        "affine": "$y = \\gamma\\,\\hat{x} + \\beta$  ($\\gamma$, $\\beta$ appris)",
-        "activation": "non-linéarité\n(ReLU, sigmoïde)",
-        "next": "couche\nsuivante",
-        "running": (
-            "moyennes glissantes de $\\mu_B$ et $\\sigma_B^2$\n"
-            "(utilisées à leur place en évaluation)"
-        ),
-    },
-}
 
 # Colours that stay distinct on light and dark backgrounds (the figure keeps a white face).
 COLOURS = {
@@ -105,16 +34,10 @@ COLOURS = {
 }
 
 
-def _labels(lang: str) -> dict[str, str]:
-    if lang not in LABELS:
-        raise ValueError(f"lang must be one of {sorted(LABELS)}, got {lang!r}")
-    return LABELS[lang]
-
-
 def plot_activation_drift(without_bn: dict, with_bn: dict, lang: str = "en") -> Figure:
     """Three panels from two ``activation_drift`` histories: the sigmoid input's percentiles
     without and with batch norm (same vertical scale), and test accuracy against steps."""
-    t = _labels(lang)
+    t = labels(lang)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), layout="constrained")
     runs = {"without_bn": without_bn, "with_bn": with_bn}
     for ax, (key, history) in zip(axes[:2], runs.items(), strict=True):
@@ -162,7 +85,7 @@ def _arrow(ax, start, end, style="-|>", linestyle="-"):
 
 def draw_batch_norm_diagram(lang: str = "en") -> Figure:
     """Where batch norm sits in a network, and the three steps it computes (training mode)."""
-    t = _labels(lang)
+    t = labels(lang)
     fig, ax = plt.subplots(figsize=(12, 4.2), layout="constrained")
     ax.set(xlim=(0, 12), ylim=(0, 4.2))
     ax.axis("off")
@@ -206,7 +129,7 @@ def plot_training_curves(runs: dict[str, dict], lang: str = "en") -> Figure:
     ``runs`` maps a label key of ``LABELS`` (``"without_bn"``, ``"with_bn"``, ...) to a
     ``train_run`` history; a diverged run ends where it diverged, marked with a cross.
     """
-    t = _labels(lang)
+    t = labels(lang)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     for key, history in runs.items():
         steps = history["step"]
@@ -231,7 +154,7 @@ def plot_sweep(
     ``runs`` maps a label key to the histories of the sweep, in the order of ``values``;
     diverged runs are drawn as crosses at their last accuracy.
     """
-    t = _labels(lang)
+    t = labels(lang)
     fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
     for key, histories in runs.items():
         final = [100 * h["test_accuracy"][-1] for h in histories]
@@ -248,7 +171,7 @@ def plot_sweep(
 
 def plot_generalisation(runs: dict[str, dict], lang: str = "en") -> Figure:
     """Final training and test accuracy side by side for each run: the gap is overfitting."""
-    t = _labels(lang)
+    t = labels(lang)
     fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
     keys = list(runs)
     width = 0.38
@@ -267,7 +190,7 @@ def plot_generalisation(runs: dict[str, dict], lang: str = "en") -> Figure:
 def plot_batch_noise(history: dict, lang: str = "en") -> Figure:
     """The noise batch norm adds to one image's features against the mini-batch size (log-log),
     with the 1/sqrt(B) line through the last point for comparison."""
-    t = _labels(lang)
+    t = labels(lang)
     sizes, noise = history["batch_size"], history["noise_std"]
     fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
     ax.plot(sizes, noise, "o-", color=COLOURS["with_bn"], label=t["measured"])
@@ -275,4 +198,49 @@ def plot_batch_noise(history: dict, lang: str = "en") -> Figure:
     ax.plot(sizes, reference, "--", color="#555555", label=t["inverse_sqrt"])
     ax.set(xscale="log", yscale="log", xlabel=t["batch_size"], ylabel=t["noise_std"])
     ax.legend()
+    return fig
+
+
+def plot_confusion_matrix(
+    counts: Tensor, dataset: str = "fashion-mnist", lang: str = "en"
+) -> Figure:
+    """A confusion matrix (rows: true class, columns: predicted), counts written in each cell."""
+    t, names = labels(lang), CLASS_NAMES[dataset][lang]
+    fig, ax = plt.subplots(figsize=(7.5, 6.5), layout="constrained")
+    image = ax.imshow(counts.numpy(), cmap="Greens")
+    high = counts.max().item()
+    for (i, j), count in zip(
+        [(i, j) for i in range(len(names)) for j in range(len(names))],
+        counts.flatten().tolist(),
+        strict=True,
+    ):
+        colour = "white" if count > high / 2 else "black"
+        ax.text(j, i, count, ha="center", va="center", fontsize="x-small", color=colour)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set(xlabel=t["predicted_class"], ylabel=t["true_class"])
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def plot_misclassified(
+    X: Tensor,
+    y: Tensor,
+    predicted: Tensor,
+    dataset: str = "fashion-mnist",
+    lang: str = "en",
+    count: int = 8,
+) -> Figure:
+    """The first ``count`` misclassified images with their true and predicted classes."""
+    t, names = labels(lang), CLASS_NAMES[dataset][lang]
+    wrong = (predicted != y).nonzero().flatten()[:count].tolist()
+    fig, axes = plt.subplots(1, count, figsize=(1.6 * count, 2.3), layout="constrained")
+    for ax, i in zip(axes, wrong, strict=False):
+        ax.imshow(X[i, 0].numpy(), cmap="gray_r")
+        ax.set_title(
+            f"{t['truth']}: {names[y[i]]}\n{t['predicted']}: {names[predicted[i]]}",
+            fontsize="small",
+        )
+    for ax in axes:
+        ax.axis("off")
     return fig

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import random
+import statistics
+import time
 from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["set_seed", "default_device", "evaluate", "train_steps"]
+__all__ = [
+    "set_seed",
+    "default_device",
+    "evaluate",
+    "predict",
+    "confusion_matrix",
+    "train_steps",
+    "seconds_per_step",
+]
 
 
 def set_seed(seed: int) -> None:
@@ -24,13 +34,17 @@ def default_device() -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, X: Tensor, y: Tensor, batch_size: int = 1000) -> tuple[float, float]:
-    """Mean negative log-likelihood and accuracy of ``model`` (in eval mode) on (X, y).
+def evaluate(
+    model: nn.Module, X: Tensor, y: Tensor, batch_size: int = 1000, train_mode: bool = False
+) -> tuple[float, float]:
+    """Mean negative log-likelihood and accuracy of ``model`` on (X, y), in eval mode.
 
+    ``train_mode=True`` evaluates the way a forgotten ``model.eval()`` does: batch norm uses each
+    test batch's statistics (and updates its running estimates with them), dropout stays on.
     The model's mode is restored afterwards.
     """
     was_training = model.training
-    model.eval()
+    model.train(train_mode)
     device = next(model.parameters()).device
     loss, correct = 0.0, 0
     for start in range(0, len(X), batch_size):
@@ -40,6 +54,26 @@ def evaluate(model: nn.Module, X: Tensor, y: Tensor, batch_size: int = 1000) -> 
         correct += (log_probs.argmax(1) == yb).sum().item()
     model.train(was_training)
     return loss / len(X), correct / len(X)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, X: Tensor, batch_size: int = 1000) -> Tensor:
+    """Predicted classes of ``model`` in eval mode, shape (N,); the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    chunks = [
+        model(X[i : i + batch_size].to(device)).argmax(1).cpu()
+        for i in range(0, len(X), batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(chunks)
+
+
+def confusion_matrix(y_true: Tensor, y_pred: Tensor, num_classes: int = 10) -> Tensor:
+    """Counts (num_classes, num_classes): row = true class, column = predicted class."""
+    index = y_true * num_classes + y_pred
+    return torch.bincount(index, minlength=num_classes**2).view(num_classes, num_classes)
 
 
 def train_steps(
@@ -73,3 +107,27 @@ def train_steps(
             if len(losses) == num_steps:
                 break
     return losses
+
+
+def seconds_per_step(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    num_steps: int = 10,
+    warmup: int = 2,
+) -> float:
+    """Median wall time of one training step (forward, backward, update), after ``warmup`` steps.
+
+    Timings vary from run to run and machine to machine: report them as measured, never cache.
+    """
+    times: list[float] = []
+
+    def clock(step, _model, _loss):
+        times.append(time.perf_counter())
+
+    start = time.perf_counter()
+    train_steps(model, batches, optimizer, warmup + num_steps, on_step=clock)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    durations = [b - a for a, b in zip([start, *times[:-1]], times, strict=True)][warmup:]
+    return statistics.median(durations)

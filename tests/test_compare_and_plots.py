@@ -93,3 +93,17 @@ def test_benefit_plots_are_labelled_in_the_page_language(lang):
     ]
     noise = plots.plot_batch_noise({"batch_size": [2, 8], "noise_std": [0.5, 0.25]}, lang)
     assert noise.axes[0].get_ylabel() == t["noise_std"]
+
+
+def test_confusion_matrix_and_misclassified_use_the_page_language():
+    counts = torch.eye(10, dtype=torch.long) * 5
+    counts[6, 0] = 3
+    fig = plots.plot_confusion_matrix(counts, "fashion-mnist", "fr")
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "classe réelle"
+    assert [t.get_text() for t in ax.get_xticklabels()][6] == "chemise"
+    X = torch.zeros(4, 1, 28, 28)
+    y, predicted = torch.tensor([0, 6, 2, 3]), torch.tensor([0, 0, 2, 1])
+    images = plots.plot_misclassified(X, y, predicted, "fashion-mnist", "en", count=3)
+    titles = [a.get_title() for a in images.axes if a.get_title()]
+    assert titles == ["true: shirt\npredicted: T-shirt/top", "true: dress\npredicted: trouser"]

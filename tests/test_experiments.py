@@ -5,8 +5,10 @@ import torch
 from torch import nn
 
 from bnlib import experiments
+from bnlib.data import load_tensors, make_loader
 from bnlib.experiments import NoiseConfig, RunConfig, run, run_all, train_run
 from bnlib.models import DistributionShift, PaperMLP, scale_init
+from bnlib.training import confusion_matrix, evaluate, predict, seconds_per_step
 
 TINY = RunConfig(norm="bnlib", train_limit=600, num_steps=20, eval_every=10, eval_train_size=200)
 
@@ -87,3 +89,39 @@ def test_build_model_options():
     assert cnn(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(ValueError, match="model must be"):
         experiments.build_model(RunConfig(model="rnn"))
+
+
+def test_kept_weights_rebuild_the_trained_model():
+    history = train_run(RunConfig(**{**TINY.__dict__, "keep_state": True, "eval_test_size": 500}))
+    model = experiments.trained_model(history)
+    assert not model.training
+    X, y = load_tensors("fashion-mnist", train=False, limit=500)
+    assert evaluate(model, X, y)[1] == history["test_accuracy"][-1]
+    with pytest.raises(ValueError, match="keep_state=True"):
+        experiments.trained_model(train_run(TINY))
+
+
+def test_predict_confusion_matrix_and_train_mode_evaluation():
+    model = PaperMLP(norm="bnlib", dropout=0.5).train()
+    X, y = load_tensors("fashion-mnist", train=False, limit=300)
+    predicted = predict(model, X)
+    counts = confusion_matrix(y, predicted)
+    assert counts.shape == (10, 10) and counts.sum() == 300
+    assert counts.trace().item() == (predicted == y).sum().item()
+    assert confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1])).tolist()[:2] == [
+        [1, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+    ]
+    before = model.norms[0].running_mean.clone()
+    evaluate(model, X, y)
+    assert torch.equal(model.norms[0].running_mean, before)  # eval mode: untouched
+    evaluate(model, X, y, batch_size=50, train_mode=True)
+    assert not torch.equal(model.norms[0].running_mean, before)  # the forgotten model.eval()
+    assert model.training  # mode restored
+
+
+def test_seconds_per_step_is_a_positive_duration():
+    X, y = load_tensors("fashion-mnist", train=True, limit=256)
+    model = PaperMLP()
+    seconds = seconds_per_step(model, make_loader(X, y, 32), torch.optim.SGD(model.parameters()))
+    assert 0 < seconds < 5

@@ -1,0 +1,129 @@
+"""The words on the book's figures, in each language of the book.
+
+Figures are labelled in the language of the page that draws them: every plotting function takes
+``lang`` and looks its words up here.
+"""
+
+__all__ = ["LABELS", "CLASS_NAMES", "labels"]
+
+LABELS = {
+    "en": {
+        "step": "training step",
+        "sigmoid_input": "input of one sigmoid (15th, 50th, 85th percentiles)",
+        "test_accuracy": "test accuracy (%)",
+        "without_bn": "without batch norm",
+        "with_bn": "with batch norm",
+        "with_noisy_bn": "batch norm + shifting noise",
+        "with_strong_noise": "batch norm + strong shifting noise",
+        "with_dropout": "dropout",
+        "with_bn_dropout": "batch norm + dropout",
+        "train_loss": "training loss (NLL)",
+        "test_loss": "test loss (NLL)",
+        "accuracy": "accuracy (%)",
+        "train_accuracy": "training accuracy (%)",
+        "final_test_accuracy": "final test accuracy (%)",
+        "lr": "learning rate (log scale)",
+        "init_gain": "initial weight scale (gain, log scale)",
+        "batch_size": "mini-batch size (log scale)",
+        "noise_std": "std of one image's normalised features\nacross mini-batches (log scale)",
+        "measured": "measured",
+        "inverse_sqrt": "$\\propto 1/\\sqrt{B}$",
+        "train": "training set",
+        "test": "test set",
+        "diverged": "diverged",
+        "true_class": "true class",
+        "predicted_class": "predicted class",
+        "truth": "true",
+        "predicted": "predicted",
+        "mini_batch": "mini-batch\n$x$: (N, C, H, W)",
+        "layer": "convolution\nor linear layer",
+        "batch_norm": "batch norm",
+        "stats": "per channel, over N, H, W:\n$\\mu_B$, $\\sigma_B^2$",
+        "normalise": "$\\hat{x} = (x - \\mu_B)\\,/\\sqrt{\\sigma_B^2 + \\varepsilon}$",
+        "affine": "$y = \\gamma\\,\\hat{x} + \\beta$  ($\\gamma$, $\\beta$ learned)",
+        "activation": "nonlinearity\n(ReLU, sigmoid)",
+        "next": "next\nlayer",
+        "running": "running averages of $\\mu_B$ and $\\sigma_B^2$\n(used instead in eval mode)",
+    },
+    "fr": {
+        "step": "pas d'entraînement",
+        "sigmoid_input": "entrée d'une sigmoïde (15e, 50e, 85e centiles)",
+        "test_accuracy": "exactitude sur le jeu de test (%)",
+        "without_bn": "sans normalisation par lots",
+        "with_bn": "avec normalisation par lots",
+        "with_noisy_bn": "normalisation + bruit mouvant",
+        "with_strong_noise": "normalisation + bruit mouvant fort",
+        "with_dropout": "dropout",
+        "with_bn_dropout": "normalisation + dropout",
+        "train_loss": "perte d'entraînement (NLL)",
+        "test_loss": "perte sur le jeu de test (NLL)",
+        "accuracy": "exactitude (%)",
+        "train_accuracy": "exactitude sur le jeu d'entraînement (%)",
+        "final_test_accuracy": "exactitude finale sur le jeu de test (%)",
+        "lr": "taux d'apprentissage (échelle log)",
+        "init_gain": "échelle initiale des poids (gain, échelle log)",
+        "batch_size": "taille du mini-lot (échelle log)",
+        "noise_std": (
+            "écart type des sorties normalisées d'une image\nd'un mini-lot à l'autre (échelle log)"
+        ),
+        "measured": "mesuré",
+        "inverse_sqrt": "$\\propto 1/\\sqrt{B}$",
+        "train": "jeu d'entraînement",
+        "test": "jeu de test",
+        "diverged": "divergé",
+        "true_class": "classe réelle",
+        "predicted_class": "classe prédite",
+        "truth": "réel",
+        "predicted": "prédit",
+        "mini_batch": "mini-lot\n$x$ : (N, C, H, W)",
+        "layer": "convolution\nou couche linéaire",
+        "batch_norm": "normalisation par lots",
+        "stats": "par canal, sur N, H, W :\n$\\mu_B$, $\\sigma_B^2$",
+        "normalise": "$\\hat{x} = (x - \\mu_B)\\,/\\sqrt{\\sigma_B^2 + \\varepsilon}$",
+        "affine": "$y = \\gamma\\,\\hat{x} + \\beta$  ($\\gamma$, $\\beta$ appris)",
+        "activation": "non-linéarité\n(ReLU, sigmoïde)",
+        "next": "couche\nsuivante",
+        "running": (
+            "moyennes glissantes de $\\mu_B$ et $\\sigma_B^2$\n"
+            "(utilisées à leur place en évaluation)"
+        ),
+    },
+}
+
+# Fashion-MNIST's ten classes (Xiao et al., 2017), in the dataset's label order.
+CLASS_NAMES = {
+    "fashion-mnist": {
+        "en": [
+            "T-shirt/top",
+            "trouser",
+            "pullover",
+            "dress",
+            "coat",
+            "sandal",
+            "shirt",
+            "sneaker",
+            "bag",
+            "ankle boot",
+        ],
+        "fr": [
+            "T-shirt/haut",
+            "pantalon",
+            "pull",
+            "robe",
+            "manteau",
+            "sandale",
+            "chemise",
+            "basket",
+            "sac",
+            "bottine",
+        ],
+    },
+    "mnist": {"en": [str(d) for d in range(10)], "fr": [str(d) for d in range(10)]},
+}
+
+
+def labels(lang: str) -> dict[str, str]:
+    """The figure words of ``lang`` ("fr" or "en")."""
+    if lang not in LABELS:
+        raise ValueError(f"lang must be one of {sorted(LABELS)}, got {lang!r}")
+    return LABELS[lang]
