@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 BUILD_FLAGS := -W -n --keep-going
 NOTEBOOKS := chapters
 
-.PHONY: setup data book test lint unit notebooks build-strict serve clean
+.PHONY: setup data book test lint unit notebooks build-strict site serve clean
 
 setup: $(INSTALLED) data
 
@@ -46,7 +46,11 @@ notebooks: setup
 
 build-strict: book
 
-test: lint unit notebooks build-strict
+# The built website: offline, bilingual, Colab links, then every page in Debian's Chromium.
+site: build-strict
+	$(BIN)/python -m pytest site_tests
+
+test: lint unit notebooks build-strict site
 
 serve:
 	$(BIN)/python -m http.server --directory _build/html --bind 127.0.0.1 8000

@@ -1,0 +1,78 @@
+"""The built HTML, read as files: offline, bilingual, with well-formed Colab links."""
+
+import re
+
+import pytest
+import yaml
+
+from conftest import ROOT, book_pages
+
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+EXTERNAL = re.compile(r"^(?:https?:)?//", re.IGNORECASE)
+RESOURCE_ATTRS = re.compile(
+    r"<(script|link|img|iframe|source|video|audio|embed)\b[^>]*?\b(src|href)=[\"']([^\"']+)[\"']",
+    re.IGNORECASE,
+)
+CSS_URLS = re.compile(r"(?:url\(\s*[\"']?|@import\s+[\"'])([^\"')\s]+)", re.IGNORECASE)
+CHAPTER_PAGES = [p for p in book_pages() if p.startswith("chapters/")]
+
+
+def external_resources(site):
+    found = []
+    for path in site.rglob("*.html"):
+        for tag, _attr, url in RESOURCE_ATTRS.findall(path.read_text(errors="replace")):
+            if EXTERNAL.match(url):
+                found.append((str(path.relative_to(site)), tag, url))
+    for path in site.rglob("*.css"):
+        for url in CSS_URLS.findall(path.read_text(errors="replace")):
+            if EXTERNAL.match(url):
+                found.append((str(path.relative_to(site)), "css", url))
+    return found
+
+
+def test_the_site_loads_nothing_from_outside(site):
+    """No script, style sheet, font, image or frame from another host (links to follow are fine)."""
+    assert external_resources(site) == []
+
+
+def test_the_check_sees_an_external_script(tmp_path):
+    (tmp_path / "page.html").write_text('<script src="https://cdn.example.org/x.js"></script>')
+    (tmp_path / "style.css").write_text("@font-face { src: url(https://fonts.example.org/f.woff) }")
+    assert [f[1] for f in external_resources(tmp_path)] == ["script", "css"]
+
+
+def test_no_widget_state_or_cdn_in_outputs(site):
+    for path in site.rglob("*.html"):
+        text = path.read_text(errors="replace")
+        assert "application/vnd.jupyter.widget" not in text, path
+        assert "cdn.jsdelivr" not in text and "unpkg.com" not in text, path
+
+
+def test_math_is_served_from_the_site(site):
+    page = (site / "chapters/en/how-it-works.html").read_text()
+    assert re.search(r'<script[^>]+src="[./]*_static/mathjax/tex-chtml\.js', page)
+    assert (site / "_static/mathjax/tex-chtml.js").is_file()
+
+
+@pytest.mark.parametrize("page", CHAPTER_PAGES)
+def test_each_chapter_declares_its_language_and_links_its_twin(site, page):
+    lang = page.split("/")[1]
+    other = "en" if lang == "fr" else "fr"
+    html = (site / page).read_text()
+    assert f'<html lang="{lang}"' in html
+    switch = re.search(r'<p class="language-switch"><a href="([^"]+)" hreflang="(\w+)"', html)
+    assert switch and switch.group(2) == other
+    assert (site / page).parent.joinpath(switch.group(1)).resolve() == (
+        site / page.replace(f"/{lang}/", f"/{other}/")
+    ).resolve()
+
+
+@pytest.mark.parametrize(
+    "page", [p for p in CHAPTER_PAGES if (ROOT / p).with_suffix(".ipynb").exists()]
+)
+def test_colab_launch_link_is_well_formed(site, page):
+    repository = CONFIG["repository"]
+    owner_repo = repository["url"].removeprefix("https://github.com/")
+    notebook = page.removesuffix(".html") + ".ipynb"
+    expected = f"https://colab.research.google.com/github/{owner_repo}/blob/{repository['branch']}/{notebook}"
+    assert expected in (site / page).read_text()
