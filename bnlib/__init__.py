@@ -3,7 +3,18 @@ models, data, training loops, experiments and plots of the batch normalization b
 
 from bnlib import functional
 from bnlib.convert import convert
+from bnlib.distributed import SyncBatchNorm
+from bnlib.folding import fold
 from bnlib.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 __version__ = "0.1.0"
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "convert", "functional", "__version__"]
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "SyncBatchNorm",
+    "convert",
+    "fold",
+    "functional",
+    "__version__",
+]

@@ -1,0 +1,219 @@
+"""Batch norm across processes: statistics of the whole batch when each process holds a slice.
+
+With data parallelism (``DistributedDataParallel``) every process normalises with the statistics of
+its own slice of the mini-batch. ``SyncBatchNorm`` computes them over the slices of all processes,
+as one process would on the concatenated batch, with ``torch.distributed`` collectives: it works
+with the ``gloo`` backend on CPU processes as well as with NCCL on GPUs (PyTorch's own
+``torch.nn.SyncBatchNorm`` runs on GPUs only).
+
+Forward, per channel, the same corrected two-pass algorithm as ``functional.batch_stats``, the
+sums all-reduced::
+
+    all-reduce [n, sum(x)]            -> shift = sum(x) / n          (a first estimate of the mean)
+    all-reduce [sum(c), sum(c ** 2)]  with c = x - shift  -> residual, variance
+
+Backward: the two per-channel sums of the closed form, ``sum(dy)`` and ``sum(dy * x_hat)``, are
+all-reduced; the gradients of weight and bias stay local (DDP all-reduces them, as for any
+parameter).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import Tensor, nn
+
+from bnlib import functional as F
+from bnlib.modules import _BatchNorm
+
+__all__ = ["SyncBatchNorm", "spawn", "free_port"]
+
+
+def _all_reduce(t: Tensor, group) -> Tensor:
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
+
+
+class SyncBatchNormFunction(torch.autograd.Function):
+    """Training-mode batch norm whose statistics and backward sums span every process of ``group``.
+
+    Returns ``(y, mean, var, count)``: the global batch mean, biased variance and number of values
+    per channel (not differentiable), for the running estimates.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, gamma: Tensor, beta: Tensor, eps: float, group):
+        dims = F.reduce_dims(x)
+        C = x.shape[1]
+        local_count = F.values_per_channel(x) if x.numel() else 0
+        first = torch.cat([x.new_full((1,), float(local_count)), x.sum(dims)])
+        first = _all_reduce(first, group)  # (1 + C,)
+        count = first[0]
+        shift = first[1:] / count  # (C,)
+        centred = x - F.per_channel(shift, x)
+        second = _all_reduce(torch.cat([centred.sum(dims), (centred * centred).sum(dims)]), group)
+        residual = second[:C] / count
+        var = (second[C:] / count - residual * residual).clamp_min(0)
+        inv_std = torch.rsqrt(var + eps)
+        x_hat = (centred - F.per_channel(residual, x)) * F.per_channel(inv_std, x)
+        y = x_hat * F.per_channel(gamma, x) + F.per_channel(beta, x)
+        ctx.save_for_backward(x_hat, inv_std, gamma, count)
+        ctx.group = group
+        mean = shift + residual
+        ctx.mark_non_differentiable(mean, var, count)
+        return y, mean, var, count
+
+    @staticmethod
+    def backward(ctx, dy: Tensor, _dmean, _dvar, _dcount):
+        x_hat, inv_std, gamma, count = ctx.saved_tensors
+        dims = F.reduce_dims(dy)
+        C = dy.shape[1]
+        dbeta = dy.sum(dims)  # local: DDP all-reduces parameter gradients
+        dgamma = (dy * x_hat).sum(dims)
+        sums = _all_reduce(torch.cat([dbeta, dgamma]), ctx.group)  # global sum(dy), sum(dy x_hat)
+        mean_dx_hat = F.per_channel(gamma * sums[:C] / count, dy)
+        mean_dx_hat_x_hat = F.per_channel(gamma * sums[C:] / count, dy)
+        dx = F.per_channel(gamma * inv_std, dy) * dy - F.per_channel(inv_std, dy) * (
+            mean_dx_hat + x_hat * mean_dx_hat_x_hat
+        )
+        return dx, dgamma, dbeta, None, None
+
+
+class SyncBatchNorm(_BatchNorm):
+    """``BatchNorm1d/2d/3d`` whose training statistics span all the processes of a group.
+
+    Same arguments, parameters, buffers and ``state_dict`` as ``bnlib.BatchNorm2d``, plus
+    ``process_group`` (default: the whole world). Outside training, or when ``torch.distributed``
+    is not initialised or has one process, it is an ordinary batch norm. Every process must call
+    it the same number of times, as with any collective.
+
+    Example::
+
+        >>> model = SyncBatchNorm.convert_sync_batchnorm(model)  # inside each process
+        >>> ddp = torch.nn.parallel.DistributedDataParallel(model)
+    """
+
+    _accepted_dims = (2, 3, 4, 5)
+
+    def __init__(self, num_features: int, *args, process_group=None, **kwargs) -> None:
+        super().__init__(num_features, *args, **kwargs)
+        self.process_group = process_group
+
+    def _synchronised(self) -> bool:
+        return (
+            self.training
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size(self.process_group) > 1
+        )
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not self._synchronised():
+            return super().forward(input)
+        self._check_input_dim(input)
+        if not input.is_floating_point():
+            raise TypeError(f"SyncBatchNorm expects a floating-point input, got {input.dtype}")
+        C = input.shape[1]
+        gamma = self.weight if self.weight is not None else input.new_ones(C)
+        beta = self.bias if self.bias is not None else input.new_zeros(C)
+        y, mean, var, count = SyncBatchNormFunction.apply(
+            input, gamma, beta, self.eps, self.process_group
+        )
+        if count.item() <= 1:
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got {int(count.item())} "
+                "across all processes; use larger per-process batches"
+            )
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = (
+                    1.0 / float(self.num_batches_tracked)
+                    if self.momentum is None
+                    else self.momentum
+                )
+                unbiased = var * (count / (count - 1))
+                self.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+                self.running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
+        return y
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: nn.Module, process_group=None) -> nn.Module:
+        """Replace every ``BatchNorm1d/2d/3d`` (PyTorch's or bnlib's) in ``module`` by a
+        ``SyncBatchNorm`` holding the same parameters, statistics and mode, in place like
+        ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``; returns the converted module."""
+        batch_norms = (nn.modules.batchnorm._BatchNorm, _BatchNorm)
+        if isinstance(module, batch_norms) and not isinstance(module, cls):
+            converted = cls(
+                module.num_features,
+                module.eps,
+                module.momentum,
+                module.affine,
+                module.track_running_stats,
+                process_group=process_group,
+                bias=module.bias is not None or not module.affine,
+            )
+            first = next(iter(module.state_dict().values()), None)
+            if first is not None:
+                converted = converted.to(device=first.device, dtype=first.dtype)
+            converted.load_state_dict(module.state_dict())
+            for name, parameter in module.named_parameters(recurse=False):
+                getattr(converted, name).requires_grad_(parameter.requires_grad)
+            converted.train(module.training)
+            return converted
+        for name, child in list(module.named_children()):
+            setattr(module, name, cls.convert_sync_batchnorm(child, process_group))
+        return module
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", synchronised across processes"
+
+
+# ----------------------------------------------------------------------------------------------
+# Launching processes from a notebook or a test
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world_size: int, port: int, fn, args, out_dir: str) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
+    try:
+        result = fn(rank, world_size, *args)
+        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(fn: Callable, world_size: int, *args) -> list:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` fresh processes joined by a ``gloo``
+    process group on 127.0.0.1, and return their results in rank order.
+
+    ``fn`` must be importable (defined in a module, not in a notebook cell) since each process
+    starts afresh. One thread per process, so the processes do not compete for the cores.
+    Scripts are better launched with ``torchrun --nproc_per_node=N script.py``.
+    """
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.start_processes(
+            _worker,
+            args=(world_size, free_port(), fn, args, out_dir),
+            nprocs=world_size,
+            join=True,
+            start_method="spawn",
+        )
+        return [torch.load(Path(out_dir) / f"rank{r}.pt") for r in range(world_size)]

@@ -1,0 +1,151 @@
+"""bnlib.SyncBatchNorm over 2 and 3 gloo processes equals batch norm on the concatenated batch;
+bnlib.fold removes batch norm layers without changing eval outputs."""
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.testing import assert_close
+
+import bnlib
+from bnlib.distributed import SyncBatchNorm, spawn
+from bnlib.folding import fold
+from bnlib.models import ArticleCNN, PaperMLP
+
+C = 3
+
+
+def data(sizes, step):
+    g = torch.Generator().manual_seed(step)
+    x = 3 * torch.randn(sum(sizes), C, 4, 5, generator=g, dtype=torch.float64) + step
+    return x, torch.randn(x.shape, generator=g, dtype=torch.float64)
+
+
+def synchronised_steps(rank, world_size, sizes, state):
+    """Two training steps and one eval pass of SyncBatchNorm on this rank's slice."""
+    layer = SyncBatchNorm(C, momentum=None).double()
+    layer.load_state_dict(state)
+    start, stop = sum(sizes[:rank]), sum(sizes[: rank + 1])
+    results = []
+    for step, training in ((0, True), (1, True), (2, False)):
+        layer.train(training)
+        layer.zero_grad()
+        x, dy = data(sizes, step)
+        x = x[start:stop].clone().requires_grad_()
+        y = layer(x)
+        y.backward(dy[start:stop])
+        grads = torch.cat([layer.weight.grad, layer.bias.grad])
+        dist.all_reduce(grads)  # what DDP does (before dividing by the world size)
+        results.append({"y": y.detach(), "dx": x.grad, "grads": grads})
+    return {"steps": results, "state": layer.state_dict()}
+
+
+def single_process_steps(sizes, state):
+    layer = bnlib.BatchNorm2d(C, momentum=None).double()
+    layer.load_state_dict(state)
+    results = []
+    for step, training in ((0, True), (1, True), (2, False)):
+        layer.train(training)
+        layer.zero_grad()
+        x, dy = data(sizes, step)
+        x.requires_grad_()
+        y = layer(x)
+        y.backward(dy)
+        grads = torch.cat([layer.weight.grad, layer.bias.grad])
+        results.append({"y": y.detach(), "dx": x.grad, "grads": grads})
+    return {"steps": results, "state": layer.state_dict()}
+
+
+@pytest.mark.parametrize("sizes", [(3, 5), (2, 4, 1)], ids=["2 processes", "3 processes"])
+def test_sync_batch_norm_equals_batch_norm_on_the_whole_batch(sizes):
+    start = bnlib.BatchNorm2d(C).double()
+    with torch.no_grad():
+        start.weight.normal_(), start.bias.normal_(), start.running_mean.normal_()
+    state = start.state_dict()
+    ranks = spawn(synchronised_steps, len(sizes), sizes, state)
+    expected = single_process_steps(sizes, state)
+    for step, want in enumerate(expected["steps"]):
+        got = [r["steps"][step] for r in ranks]
+        assert_close(torch.cat([g["y"] for g in got]), want["y"])
+        assert_close(torch.cat([g["dx"] for g in got]), want["dx"])
+        for g in got:
+            assert_close(g["grads"], want["grads"])
+    for r in ranks:
+        for key, value in expected["state"].items():
+            assert_close(r["state"][key], value)
+
+
+def test_single_process_sync_batch_norm_is_batch_norm():
+    ours, reference = SyncBatchNorm(4), nn.BatchNorm1d(4)
+    x = torch.randn(6, 4, 3)
+    assert_close(ours(x), reference(x))
+    assert_close(ours.running_var, reference.running_var)
+    with pytest.raises(ValueError, match=r"expected 2D or 3D or 4D or 5D input \(got 1D"):
+        ours(torch.randn(4))
+
+
+def test_convert_sync_batchnorm_keeps_state_and_mode():
+    model = ArticleCNN(norm="torch")
+    model(torch.randn(4, 1, 28, 28))
+    model.eval()
+    converted = SyncBatchNorm.convert_sync_batchnorm(bnlib.convert(model, to="torch"))
+    assert sum(isinstance(m, SyncBatchNorm) for m in converted.modules()) == 3
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in converted.modules())
+    assert not converted.bn1.training
+    x = torch.randn(2, 1, 28, 28)
+    assert_close(converted(x), model(x))
+
+
+@pytest.mark.parametrize("norm", ["torch", "bnlib"])
+def test_fold_removes_batch_norm_and_keeps_eval_outputs(norm):
+    torch.manual_seed(0)
+    model = ArticleCNN(norm=norm)
+    for _ in range(3):  # give the running statistics and parameters real values
+        model(torch.randn(16, 1, 28, 28) * 2 + 0.5)
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2, model.fc1_bn):
+            bn.weight.uniform_(0.5, 1.5), bn.bias.normal_()
+    model.eval()
+    folded = fold(model)
+    kinds = (nn.BatchNorm1d, nn.BatchNorm2d, bnlib.BatchNorm1d, bnlib.BatchNorm2d)
+    assert not any(isinstance(m, kinds) for m in folded.modules())
+    x = torch.randn(8, 1, 28, 28)
+    assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+    assert model.bn1 is not None and isinstance(model.bn1, kinds)  # the original is untouched
+
+
+class SharedOutput(nn.Module):
+    """A linear layer whose output is read twice: its batch norm cannot be folded into it."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear, self.bn = nn.Linear(4, 4), bnlib.BatchNorm1d(4)
+        self.after_relu = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        z = self.linear(x)
+        return self.after_relu(torch.relu(self.bn(z) + z))
+
+
+def test_fold_only_what_can_be_folded():
+    mlp = PaperMLP(norm="bnlib")
+    mlp(torch.randn(32, 784) + 1)
+    mlp.eval()
+    folded = fold(mlp)
+    assert not any(isinstance(m, bnlib.BatchNorm1d) for m in folded.modules())
+    x = torch.randn(5, 784)
+    assert_close(folded(x), mlp(x))
+
+    shared = SharedOutput()
+    shared(torch.randn(8, 4))
+    shared.eval()
+    kept = fold(shared)
+    assert isinstance(kept.bn, bnlib.BatchNorm1d)  # its input has two readers
+    assert isinstance(kept.after_relu, nn.BatchNorm1d)  # it follows a ReLU, not a layer
+    x = torch.randn(3, 4)
+    assert_close(kept(x), shared(x))
+
+
+def test_fold_needs_running_statistics():
+    with pytest.raises(ValueError, match="without running statistics"):
+        fold(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, track_running_stats=False)))
