@@ -33,6 +33,9 @@ __all__ = [
     "trained_model",
     "NoiseConfig",
     "batch_noise",
+    "DDPConfig",
+    "ddp_train",
+    "ddp_worker",
     "run",
     "run_all",
 ]
@@ -229,6 +232,78 @@ def cache_dir() -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
+# Data-parallel training on several processes
+
+
+@dataclass(frozen=True)
+class DDPConfig:
+    """The article's CNN trained with DistributedDataParallel on CPU processes (gloo)."""
+
+    world_size: int = 2
+    sync: bool = False  # bnlib.SyncBatchNorm, or each process normalises with its own slice
+    per_process_batch: int = 4
+    model: str = "cnn"
+    dataset: str = "fashion-mnist"
+    train_limit: int | None = 20000
+    lr: float = 0.02
+    sgd_momentum: float = 0.9
+    num_steps: int = 300
+    eval_every: int = 100
+    eval_test_size: int | None = 2000
+    seed: int = 0
+
+
+def ddp_worker(rank: int, world_size: int, config: DDPConfig) -> dict:
+    """One process of data-parallel training (``ddp_train``, or a script under ``torchrun``): its
+    slice of every global mini-batch, the same model. The process group must be initialised."""
+    from bnlib.distributed import SyncBatchNorm  # noqa: PLC0415 (only inside the processes)
+
+    X, y = load_tensors(config.dataset, train=True, limit=config.train_limit)
+    model = build_model(RunConfig(model=config.model, norm="bnlib", seed=config.seed))
+    if config.sync:
+        model = SyncBatchNorm.convert_sync_batchnorm(model)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=config.lr, momentum=config.sgd_momentum)
+    generator = torch.Generator().manual_seed(config.seed)  # the same on every process
+    global_batch = world_size * config.per_process_batch
+    history = {"step": [], "train_loss": [], "test_accuracy": []}
+    window = []
+    for step in range(1, config.num_steps + 1):
+        index = torch.randint(len(X), (global_batch,), generator=generator)
+        mine = index[rank * config.per_process_batch : (rank + 1) * config.per_process_batch]
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.nll_loss(ddp(X[mine]), y[mine])
+        loss.backward()  # DDP averages the gradients over the processes
+        optimizer.step()
+        mean_loss = loss.detach().clone()
+        torch.distributed.all_reduce(mean_loss)
+        window.append(mean_loss.item() / world_size)
+        if step % config.eval_every == 0 and rank == 0:
+            X_test, y_test = load_tensors(config.dataset, train=False, limit=config.eval_test_size)
+            history["step"].append(step)
+            history["train_loss"].append(sum(window) / len(window))
+            history["test_accuracy"].append(evaluate(model, X_test, y_test)[1])
+            window.clear()
+        elif step % config.eval_every == 0:
+            window.clear()
+    return history
+
+
+def ddp_train(config: DDPConfig) -> dict:
+    """Train on ``world_size`` processes, each with ``per_process_batch`` images of every global
+    mini-batch, with per-process or synchronised batch norm.
+
+    Returns:
+        ``{"config": dict, "step": [...], "train_loss": [...], "test_accuracy": [...]}``,
+        measured by process 0 (the model is the same on every process).
+    """
+    from bnlib.distributed import spawn  # noqa: PLC0415 (keeps torch.distributed out of imports)
+
+    history = spawn(ddp_worker, config.world_size, config)[0]
+    return {"config": asdict(config), **history}
+
+
+# ----------------------------------------------------------------------------------------------
 # The noise a mini-batch adds
 
 
@@ -275,7 +350,12 @@ def batch_noise(config: NoiseConfig) -> dict:
 # ----------------------------------------------------------------------------------------------
 # The cache
 
-EXPERIMENTS = {RunConfig: train_run, DriftConfig: activation_drift, NoiseConfig: batch_noise}
+EXPERIMENTS = {
+    RunConfig: train_run,
+    DriftConfig: activation_drift,
+    NoiseConfig: batch_noise,
+    DDPConfig: ddp_train,
+}
 
 
 @functools.cache
@@ -284,7 +364,7 @@ def _cached(experiment):
     return memory.cache(experiment)
 
 
-def run(config: RunConfig | DriftConfig | NoiseConfig) -> dict:
+def run(config: RunConfig | DriftConfig | NoiseConfig | DDPConfig) -> dict:
     """Run the experiment a configuration describes, once: later calls read the disk cache."""
     if type(config) not in EXPERIMENTS:
         raise TypeError(f"no experiment takes a {type(config).__name__}")

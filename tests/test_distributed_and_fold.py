@@ -1,6 +1,8 @@
 """bnlib.SyncBatchNorm over 2 and 3 gloo processes equals batch norm on the concatenated batch;
 bnlib.fold removes batch norm layers without changing eval outputs."""
 
+import os
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -149,3 +151,73 @@ def test_fold_only_what_can_be_folded():
 def test_fold_needs_running_statistics():
     with pytest.raises(ValueError, match="without running statistics"):
         fold(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, track_running_stats=False)))
+
+
+def test_ddp_with_sync_batch_norm_trains_like_one_process_on_the_whole_batch():
+    from bnlib.data import load_tensors
+    from bnlib.experiments import DDPConfig, RunConfig, build_model, ddp_train
+
+    config = DDPConfig(
+        sync=True,
+        model="mlp",
+        per_process_batch=3,
+        num_steps=6,
+        eval_every=1,
+        train_limit=300,
+        eval_test_size=100,
+        lr=0.1,
+    )
+    synchronised = ddp_train(config)
+    local = ddp_train(DDPConfig(**{**config.__dict__, "sync": False}))
+
+    # the same global mini-batches, on one process
+    X, y = load_tensors("fashion-mnist", train=True, limit=300)
+    model = build_model(RunConfig(model="mlp", norm="bnlib"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(6):
+        index = torch.randint(len(X), (6,), generator=generator)
+        optimizer.zero_grad()
+        loss = nn.functional.nll_loss(model(X[index]), y[index])
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert synchronised["train_loss"] == pytest.approx(losses, abs=1e-5)
+    assert local["train_loss"] != pytest.approx(losses, abs=1e-3)  # per-process statistics differ
+
+
+def test_torchrun_script(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bnlib.distributed import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={free_port()}",
+            str(root / "scripts/train_ddp.py"),
+            "--sync",
+            "--model",
+            "mlp",
+            "--per-process-batch",
+            "4",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert [row[0] for row in rows] == ["2", "4"]
