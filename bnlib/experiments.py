@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from bnlib.data import load_tensors, make_loader
+from bnlib.distributed import SyncBatchNorm, spawn
 from bnlib.models import ArticleCNN, DistributionShift, PaperMLP, scale_init
 from bnlib.training import default_device, evaluate, set_seed, train_steps
 
@@ -256,8 +257,6 @@ class DDPConfig:
 def ddp_worker(rank: int, world_size: int, config: DDPConfig) -> dict:
     """One process of data-parallel training (``ddp_train``, or a script under ``torchrun``): its
     slice of every global mini-batch, the same model. The process group must be initialised."""
-    from bnlib.distributed import SyncBatchNorm  # noqa: PLC0415 (only inside the processes)
-
     X, y = load_tensors(config.dataset, train=True, limit=config.train_limit)
     model = build_model(RunConfig(model=config.model, norm="bnlib", seed=config.seed))
     if config.sync:
@@ -297,8 +296,6 @@ def ddp_train(config: DDPConfig) -> dict:
         ``{"config": dict, "step": [...], "train_loss": [...], "test_accuracy": [...]}``,
         measured by process 0 (the model is the same on every process).
     """
-    from bnlib.distributed import spawn  # noqa: PLC0415 (keeps torch.distributed out of imports)
-
     history = spawn(ddp_worker, config.world_size, config)[0]
     return {"config": asdict(config), **history}
 
