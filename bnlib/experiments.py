@@ -104,7 +104,8 @@ class RunConfig:
     """One seeded training run. The defaults are the paper's MLP on Fashion-MNIST."""
 
     model: str = "mlp"  # "mlp" (PaperMLP) or "cnn" (ArticleCNN)
-    norm: str | None = None  # None, "torch" or "bnlib"
+    norm: str | None = None  # None, "torch", "bnlib", "layer" or "group"
+    norm_after_activation: bool = False  # mlp only
     activation: str = "sigmoid"  # mlp only
     depth: int = 3  # mlp only
     dropout: float = 0.0

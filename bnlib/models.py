@@ -1,7 +1,9 @@
 """The networks the book trains: the article's CNN and the MLP of Ioffe and Szegedy's Figure 1.
 
-Each takes ``norm``: ``None`` (no batch norm), ``"torch"`` (``torch.nn.BatchNorm*d``) or
-``"bnlib"`` (ours), so the same network can be trained with either implementation.
+Each takes ``norm``: ``None`` (no normalisation), ``"torch"`` (``torch.nn.BatchNorm*d``),
+``"bnlib"`` (ours), so the same network can be trained with either batch norm, or the
+alternatives that do not depend on the batch: ``"layer"`` (layer norm, Ba et al., 2016) and
+``"group"`` (group norm with 8 groups, Wu and He, 2018).
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ from bnlib import modules
 
 __all__ = ["ArticleCNN", "PaperMLP", "DistributionShift", "scale_init", "NORMS"]
 
-NORMS = (None, "torch", "bnlib")
+NORMS = (None, "torch", "bnlib", "layer", "group")
 
 _LAYERS = {
     "torch": {1: nn.BatchNorm1d, 2: nn.BatchNorm2d},
     "bnlib": {1: modules.BatchNorm1d, 2: modules.BatchNorm2d},
+    # statistics over each example's own features: the same in training and inference
+    "layer": {1: nn.LayerNorm, 2: lambda c: nn.GroupNorm(1, c)},  # one group: all of C, H, W
+    "group": {1: lambda c: nn.GroupNorm(8, c), 2: lambda c: nn.GroupNorm(8, c)},
 }
 
 
 def norm_layer(norm: str | None, num_features: int, dims: int) -> nn.Module:
-    """A batch norm over ``num_features`` channels of a ``dims``-D layer, or an identity."""
+    """A normalisation over ``num_features`` channels of a ``dims``-D layer, or an identity."""
     if norm is None:
         return nn.Identity()
     if norm not in _LAYERS:
@@ -112,6 +117,8 @@ class PaperMLP(nn.Module):
         activation: "sigmoid" or "relu". Default: "sigmoid".
         dropout: dropout probability after each hidden nonlinearity. Default: 0.
         shift: a ``DistributionShift`` inserted after each normalisation, or None. Default: None.
+        norm_after_activation: normalise the output of the nonlinearity instead of its input
+            (the paper's choice, and the default, is before). Default: False.
 
     Shape:
         input (N, 1, 28, 28) or (N, 784); output (N, 10) log-probabilities.
@@ -126,12 +133,14 @@ class PaperMLP(nn.Module):
         activation: str = "sigmoid",
         dropout: float = 0.0,
         shift: DistributionShift | None = None,
+        norm_after_activation: bool = False,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.norm = norm
         self.activation = activation
+        self.norm_after_activation = norm_after_activation
         sizes = [28 * 28] + [hidden] * depth
         self.linears = nn.ModuleList(
             nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
@@ -141,20 +150,27 @@ class PaperMLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, 10)
 
-    def pre_activations(self, x: Tensor) -> list[Tensor]:
-        """The input of every hidden nonlinearity, layer by layer (after batch norm if any)."""
+    def _layers(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """One pass through the hidden layers: the input of each nonlinearity, and the output."""
         act = ACTIVATIONS[self.activation]
         x = torch.flatten(x, 1)  # (N, 784)
         inputs = []
         for linear, norm, shift in zip(self.linears, self.norms, self.shifts, strict=True):
-            z = shift(norm(linear(x)))  # (N, hidden)
+            if self.norm_after_activation:
+                z = linear(x)  # (N, hidden)
+                x = self.dropout(shift(norm(act(z))))
+            else:
+                z = shift(norm(linear(x)))  # (N, hidden)
+                x = self.dropout(act(z))
             inputs.append(z)
-            x = self.dropout(act(z))
-        return inputs
+        return inputs, x
+
+    def pre_activations(self, x: Tensor) -> list[Tensor]:
+        """The input of every hidden nonlinearity, layer by layer, (N, hidden) each."""
+        return self._layers(x)[0]
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.dropout(ACTIVATIONS[self.activation](self.pre_activations(x)[-1]))
-        return F.log_softmax(self.out(h), dim=1)
+        return F.log_softmax(self.out(self._layers(x)[1]), dim=1)
 
 
 def scale_init(model: nn.Module, gain: float) -> nn.Module:

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnlib.modules import _BatchNorm
+
 __all__ = [
     "set_seed",
     "default_device",
@@ -19,6 +21,8 @@ __all__ = [
     "confusion_matrix",
     "train_steps",
     "seconds_per_step",
+    "seconds_per_forward",
+    "recalibrate",
 ]
 
 
@@ -131,3 +135,52 @@ def seconds_per_step(
         torch.cuda.synchronize()
     durations = [b - a for a, b in zip([start, *times[:-1]], times, strict=True)][warmup:]
     return statistics.median(durations)
+
+
+@torch.no_grad()
+def seconds_per_forward(model: nn.Module, x: Tensor, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of ``model(x)`` in eval mode, without gradients (inference)."""
+    was_training = model.training
+    model.eval()
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        model(x)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    model.train(was_training)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def recalibrate(
+    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_batches: int
+) -> nn.Module:
+    """Recompute every batch norm's running statistics as the plain average over ``num_batches``
+    training batches, with the weights fixed: a pass in train mode without gradients.
+
+    Useful after training (the running averages lag behind the last weights) or after any change
+    that moved the statistics (fine-tuning, a pass in the wrong mode). Dropout is switched off
+    during the pass so the statistics are those the network sees at inference. Returns the model,
+    in eval mode.
+    """
+    norms = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm | _BatchNorm)
+    ]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: every batch weighs the same
+    model.eval()
+    for m in norms:
+        m.train()
+    device = next(model.parameters()).device
+    for i, (xb, _) in enumerate(batches):
+        if i == num_batches:
+            break
+        model(xb.to(device))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    return model.eval()

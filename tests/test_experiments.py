@@ -125,3 +125,41 @@ def test_seconds_per_step_is_a_positive_duration():
     model = PaperMLP()
     seconds = seconds_per_step(model, make_loader(X, y, 32), torch.optim.SGD(model.parameters()))
     assert 0 < seconds < 5
+
+
+@pytest.mark.parametrize("norm", ["layer", "group"])
+def test_batch_independent_normalisations(norm):
+    """Per-example statistics: in training mode too, an example's output ignores its batch."""
+    model = experiments.build_model(RunConfig(model="cnn", norm=norm, dropout=0.0)).train()
+    x = torch.randn(6, 1, 28, 28)
+    assert torch.allclose(model(x[:1]), model(x)[:1], atol=1e-5)
+    batch_norm = experiments.build_model(RunConfig(model="cnn", norm="bnlib", dropout=0.0))
+    assert not torch.allclose(batch_norm(x[:2]), batch_norm(x)[:2], atol=1e-3)
+
+
+def test_norm_after_activation_places_the_layer_after_the_nonlinearity():
+    before = PaperMLP(norm="bnlib", activation="relu")
+    after = PaperMLP(norm="bnlib", activation="relu", norm_after_activation=True)
+    after.load_state_dict(before.state_dict())
+    x = torch.randn(16, 784)
+    z_after = after.pre_activations(x)[0]
+    assert torch.allclose(z_after, after.linears[0](x))  # the raw linear output
+    after(x)
+    # the first norm saw ReLU outputs: non-negative, so its running mean moved up
+    assert (after.norms[0].running_mean > 0).all()
+    assert after.norms[0].num_batches_tracked.item() == 2  # one update per forward pass
+
+
+def test_recalibrate_sets_running_stats_to_the_training_average():
+    from bnlib.training import recalibrate
+
+    X, y = load_tensors("fashion-mnist", train=True, limit=512)
+    model = PaperMLP(norm="bnlib", dropout=0.5)
+    batches = list(make_loader(X, y, 128, shuffle=False))
+    recalibrate(model, batches, num_batches=4)
+    assert not model.training and model.norms[0].momentum == 0.1
+    first = model.norms[0]
+    z = torch.cat([model.linears[0](xb.flatten(1)) for xb, _ in batches])  # (512, 100)
+    expected = torch.stack([model.linears[0](xb.flatten(1)).mean(0) for xb, _ in batches]).mean(0)
+    assert torch.allclose(first.running_mean, expected, atol=1e-5)
+    assert torch.allclose(first.running_mean, z.mean(0), atol=1e-5)  # equal batches
