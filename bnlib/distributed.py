@@ -31,9 +31,9 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 from bnlib import functional as F
-from bnlib.modules import _BatchNorm
+from bnlib.modules import BatchNorm2d, _BatchNorm
 
-__all__ = ["SyncBatchNorm", "spawn", "free_port"]
+__all__ = ["SyncBatchNorm", "spawn", "free_port", "compare_with_one_process"]
 
 
 def _all_reduce(t: Tensor, group) -> Tensor:
@@ -217,3 +217,75 @@ def spawn(fn: Callable, world_size: int, *args) -> list:
             start_method="spawn",
         )
         return [torch.load(Path(out_dir) / f"rank{r}.pt") for r in range(world_size)]
+
+
+# ----------------------------------------------------------------------------------------------
+# The proof: synchronised slices equal one process on the whole batch
+
+
+def _example_batch(sizes: tuple[int, ...], step: int, channels: int) -> tuple[Tensor, Tensor]:
+    """The global batch (and an output gradient) of ``step``: sum(sizes) examples, float64."""
+    g = torch.Generator().manual_seed(step)
+    x = 3 * torch.randn(sum(sizes), channels, 4, 5, generator=g, dtype=torch.float64) + step
+    return x, torch.randn(x.shape, generator=g, dtype=torch.float64)
+
+
+def _three_passes(layer: nn.Module, sizes, channels, rank: int | None) -> dict:
+    """Two training steps and an evaluation pass; ``rank`` None: the whole batch, else a slice."""
+    results = []
+    for step, training in ((0, True), (1, True), (2, False)):
+        layer.train(training)
+        layer.zero_grad()
+        x, dy = _example_batch(sizes, step, channels)
+        if rank is not None:
+            start, stop = sum(sizes[:rank]), sum(sizes[: rank + 1])
+            x, dy = x[start:stop], dy[start:stop]
+        x = x.clone().requires_grad_()
+        y = layer(x)
+        y.backward(dy)
+        grads = torch.cat([layer.weight.grad, layer.bias.grad])
+        if rank is not None:
+            dist.all_reduce(grads)  # what DDP does with parameter gradients (then averages)
+        results.append({"y": y.detach(), "dx": x.grad, "grads": grads})
+    return {"steps": results, "state": layer.state_dict()}
+
+
+def _synchronised_rank(rank: int, world_size: int, sizes, channels, state) -> dict:
+    layer = SyncBatchNorm(channels, momentum=None).double()
+    layer.load_state_dict(state)
+    return _three_passes(layer, sizes, channels, rank)
+
+
+def compare_with_one_process(sizes: tuple[int, ...] = (3, 5), channels: int = 3) -> dict:
+    """Run ``SyncBatchNorm`` on ``len(sizes)`` processes holding slices of ``sizes`` examples,
+    and ``BatchNorm2d`` on one process holding the whole batch, from the same state: two
+    training steps then an evaluation pass, in float64.
+
+    Returns:
+        The largest absolute differences: ``output`` and ``grad_input`` (slices put back
+        together), ``grad_parameters`` (summed over processes), ``running_stats``.
+    """
+    start = BatchNorm2d(channels).double()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for t in (start.weight, start.bias, start.running_mean):
+            t.copy_(torch.randn(channels, generator=g, dtype=torch.float64))
+    state = start.state_dict()
+    ranks = spawn(_synchronised_rank, len(sizes), tuple(sizes), channels, state)
+    single = BatchNorm2d(channels, momentum=None).double()
+    single.load_state_dict(state)
+    want = _three_passes(single, sizes, channels, None)
+    diffs = dict.fromkeys(("output", "grad_input", "grad_parameters", "running_stats"), 0.0)
+    for step, expected in enumerate(want["steps"]):
+        got = [r["steps"][step] for r in ranks]
+        for key, name in (("y", "output"), ("dx", "grad_input")):
+            whole = torch.cat([g[key] for g in got])
+            diffs[name] = max(diffs[name], (whole - expected[key]).abs().max().item())
+        for g in got:
+            gap = (g["grads"] - expected["grads"]).abs().max().item()
+            diffs["grad_parameters"] = max(diffs["grad_parameters"], gap)
+    for r in ranks:
+        for key, value in want["state"].items():
+            gap = (r["state"][key].double() - value.double()).abs().max().item()
+            diffs["running_stats"] = max(diffs["running_stats"], gap)
+    return diffs
