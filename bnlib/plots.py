@@ -31,6 +31,12 @@ COLOURS = {
     "with_strong_noise": "#e7298a",
     "with_dropout": "#66a61e",
     "with_bn_dropout": "#a6761d",
+    "per_process_bn": "#d95f02",
+    "sync_bn": "#1b9e77",
+    "layer_norm": "#7570b3",
+    "group_norm": "#e7298a",
+    "bn_before_activation": "#1b9e77",
+    "bn_after_activation": "#66a61e",
 }
 
 
