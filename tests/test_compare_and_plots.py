@@ -107,3 +107,10 @@ def test_confusion_matrix_and_misclassified_use_the_page_language():
     images = plots.plot_misclassified(X, y, predicted, "fashion-mnist", "en", count=3)
     titles = [a.get_title() for a in images.axes if a.get_title()]
     assert titles == ["true: shirt\npredicted: T-shirt/top", "true: dress\npredicted: trouser"]
+
+
+def test_every_figure_word_exists_in_both_languages():
+    from bnlib.labels import CLASS_NAMES, LABELS
+
+    assert set(LABELS["fr"]) == set(LABELS["en"])
+    assert all(len(names["fr"]) == len(names["en"]) == 10 for names in CLASS_NAMES.values())
