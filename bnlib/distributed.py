@@ -147,8 +147,9 @@ class SyncBatchNorm(_BatchNorm):
     @classmethod
     def convert_sync_batchnorm(cls, module: nn.Module, process_group=None) -> nn.Module:
         """Replace every ``BatchNorm1d/2d/3d`` (PyTorch's or bnlib's) in ``module`` by a
-        ``SyncBatchNorm`` holding the same parameters, statistics and mode, in place like
-        ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``; returns the converted module."""
+        ``SyncBatchNorm`` holding the same parameters (the same ``Parameter`` objects), statistics
+        and mode, in place like ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``; returns the
+        converted module. Wrap it in ``DistributedDataParallel`` afterwards."""
         batch_norms = (nn.modules.batchnorm._BatchNorm, _BatchNorm)
         if isinstance(module, batch_norms) and not isinstance(module, cls):
             converted = cls(
@@ -164,8 +165,10 @@ class SyncBatchNorm(_BatchNorm):
             if first is not None:
                 converted = converted.to(device=first.device, dtype=first.dtype)
             converted.load_state_dict(module.state_dict())
-            for name, parameter in module.named_parameters(recurse=False):
-                getattr(converted, name).requires_grad_(parameter.requires_grad)
+            # the same Parameter objects, as PyTorch does: an optimiser built before still works
+            with torch.no_grad():
+                for name, parameter in module.named_parameters(recurse=False):
+                    setattr(converted, name, parameter)
             converted.train(module.training)
             return converted
         for name, child in list(module.named_children()):

@@ -13,6 +13,7 @@ import hashlib
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -214,12 +215,36 @@ def trained_model(history: dict) -> torch.nn.Module:
 # The cache
 
 
+# The modules whose code decides what an experiment computes (not how figures look).
+_COMPUTING_MODULES = (
+    "functional",
+    "modules",
+    "models",
+    "data",
+    "training",
+    "distributed",
+    "experiments",
+)
+
+
 def _source_fingerprint() -> str:
-    """A hash of bnlib's source: results computed by another version of the code are not reused."""
+    """A hash of the code experiments run: results of another version are never reused."""
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.read_bytes())
+    for name in _COMPUTING_MODULES:
+        digest.update((Path(__file__).parent / f"{name}.py").read_bytes())
     return digest.hexdigest()[:16]
+
+
+@contextmanager
+def _threads(count: int):
+    """Run with ``count`` CPU threads: the order of floating-point sums depends on the thread
+    count, and a run at the edge of stability can diverge with one and not the other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cache_dir() -> Path:
@@ -356,10 +381,22 @@ EXPERIMENTS = {
 }
 
 
+THREADS = 2  # every cached experiment runs with this many CPU threads, whatever the machine
+
+
+def _with_fixed_threads(experiment):
+    @functools.wraps(experiment)
+    def wrapped(config):
+        with _threads(THREADS):
+            return experiment(config)
+
+    return wrapped
+
+
 @functools.cache
 def _cached(experiment):
     memory = joblib.Memory(cache_dir() / _source_fingerprint(), verbose=0)
-    return memory.cache(experiment)
+    return memory.cache(_with_fixed_threads(experiment))
 
 
 def run(config: RunConfig | DriftConfig | NoiseConfig | DDPConfig) -> dict:

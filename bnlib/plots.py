@@ -171,7 +171,15 @@ def plot_sweep(
         if crosses:
             ax.plot(*zip(*crosses, strict=True), "x", ms=12, mew=2, color=COLOURS.get(key))
     ax.set(xscale="log", xlabel=t[xlabel], ylabel=t["final_test_accuracy"], ylim=(0, 100))
-    ax.legend(title=f"x: {t['diverged']}", loc="lower left")
+    any_diverged = any(h["diverged"] for histories in runs.values() for h in histories)
+    # below the axes, so no point is hidden
+    ax.legend(
+        title=f"x: {t['diverged']}" if any_diverged else None,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.18),
+        ncols=len(runs),
+        frameon=False,
+    )
     return fig
 
 
@@ -189,7 +197,7 @@ def plot_generalisation(runs: dict[str, dict], lang: str = "en") -> Figure:
     ax.set_xticks(range(len(keys)), [t[k] for k in keys], rotation=15)
     low = min(100 * runs[k]["test_accuracy"][-1] for k in keys)
     ax.set(ylabel=t["accuracy"], ylim=(max(0, low - 10), 100.5))
-    ax.legend(loc="upper right")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, frameon=False)
     return fig
 
 

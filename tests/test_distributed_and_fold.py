@@ -1,6 +1,7 @@
 """bnlib.SyncBatchNorm over 2 and 3 gloo processes equals batch norm on the concatenated batch;
 bnlib.fold removes batch norm layers without changing eval outputs."""
 
+import copy
 import os
 
 import pytest
@@ -35,12 +36,14 @@ def test_convert_sync_batchnorm_keeps_state_and_mode():
     model = ArticleCNN(norm="torch")
     model(torch.randn(4, 1, 28, 28))
     model.eval()
-    converted = SyncBatchNorm.convert_sync_batchnorm(bnlib.convert(model, to="torch"))
+    reference = copy.deepcopy(model)
+    converted = SyncBatchNorm.convert_sync_batchnorm(model)
     assert sum(isinstance(m, SyncBatchNorm) for m in converted.modules()) == 3
     assert not any(isinstance(m, nn.BatchNorm2d) for m in converted.modules())
     assert not converted.bn1.training
+    assert converted.bn1.weight is model.bn1.weight  # same Parameter: optimisers keep working
     x = torch.randn(2, 1, 28, 28)
-    assert_close(converted(x), model(x))
+    assert_close(converted(x), reference(x))
 
 
 @pytest.mark.parametrize("norm", ["torch", "bnlib"])
