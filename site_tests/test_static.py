@@ -76,3 +76,31 @@ def test_colab_launch_link_is_well_formed(site, page):
     notebook = page.removesuffix(".html") + ".ipynb"
     expected = f"https://colab.research.google.com/github/{owner_repo}/blob/{repository['branch']}/{notebook}"
     assert expected in (site / page).read_text()
+
+
+HREFS = re.compile(r"<a\b[^>]*?\bhref=[\"']([^\"'#?]*)(?:[#?][^\"']*)?[\"']", re.IGNORECASE)
+
+
+def broken_links(site):
+    """Internal links (relative hrefs) whose target file does not exist in the built site."""
+    broken = []
+    for page in site.rglob("*.html"):
+        for href in HREFS.findall(page.read_text(errors="replace")):
+            if not href or re.match(r"^[a-z][a-z0-9+.-]*:|^//", href, re.IGNORECASE):
+                continue  # same page, or another site
+            target = (page.parent / href).resolve()
+            if target.is_dir():
+                target = target / "index.html"
+            if not target.exists():
+                broken.append((str(page.relative_to(site)), href))
+    return broken
+
+
+def test_no_broken_internal_links(site):
+    assert broken_links(site) == []
+
+
+def test_the_link_check_sees_a_broken_link(tmp_path):
+    (tmp_path / "a.html").write_text('<a href="b.html#x">ok</a> <a href="missing.html">no</a>')
+    (tmp_path / "b.html").write_text('<a href="https://example.org/">elsewhere</a>')
+    assert broken_links(tmp_path) == [("a.html", "missing.html")]

@@ -74,7 +74,7 @@ def test_models_shapes(norm):
 
 def test_unknown_norm_is_refused():
     with pytest.raises(ValueError, match="norm must be one of"):
-        ArticleCNN(norm="layer")
+        ArticleCNN(norm="instance")
 
 
 def test_cnn_trains_the_same_with_torch_and_bnlib_batch_norm(fashion_mnist):
