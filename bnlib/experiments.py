@@ -138,6 +138,7 @@ def build_model(config: RunConfig) -> torch.nn.Module:
             activation=config.activation,
             dropout=config.dropout,
             shift=shift,
+            norm_after_activation=config.norm_after_activation,
         )
     else:
         raise ValueError(f"model must be 'mlp' or 'cnn', got {config.model!r}")

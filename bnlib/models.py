@@ -3,10 +3,12 @@
 Each takes ``norm``: ``None`` (no normalisation), ``"torch"`` (``torch.nn.BatchNorm*d``),
 ``"bnlib"`` (ours), so the same network can be trained with either batch norm, or the
 alternatives that do not depend on the batch: ``"layer"`` (layer norm, Ba et al., 2016) and
-``"group"`` (group norm with 8 groups, Wu and He, 2018).
+``"group"`` (group norm with up to 8 groups, Wu and He, 2018).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,11 @@ _LAYERS = {
     "bnlib": {1: modules.BatchNorm1d, 2: modules.BatchNorm2d},
     # statistics over each example's own features: the same in training and inference
     "layer": {1: nn.LayerNorm, 2: lambda c: nn.GroupNorm(1, c)},  # one group: all of C, H, W
-    "group": {1: lambda c: nn.GroupNorm(8, c), 2: lambda c: nn.GroupNorm(8, c)},
+    # up to 8 groups, as many as divide the channels evenly (100 features: 4 groups of 25)
+    "group": {
+        1: lambda c: nn.GroupNorm(math.gcd(8, c), c),
+        2: lambda c: nn.GroupNorm(math.gcd(8, c), c),
+    },
 }
 
 

@@ -163,3 +163,10 @@ def test_recalibrate_sets_running_stats_to_the_training_average():
     expected = torch.stack([model.linears[0](xb.flatten(1)).mean(0) for xb, _ in batches]).mean(0)
     assert torch.allclose(first.running_mean, expected, atol=1e-5)
     assert torch.allclose(first.running_mean, z.mean(0), atol=1e-5)  # equal batches
+
+
+def test_build_model_passes_every_mlp_option():
+    after = experiments.build_model(RunConfig(norm="bnlib", norm_after_activation=True))
+    assert after.norm_after_activation
+    group = experiments.build_model(RunConfig(norm="group"))  # 100 features
+    assert group.norms[0].num_groups == 4 and group(torch.randn(3, 784)).shape == (3, 10)
