@@ -31,6 +31,7 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 from bnlib import functional as F
+from bnlib.convert import _twin
 from bnlib.modules import BatchNorm2d, _BatchNorm
 
 __all__ = ["SyncBatchNorm", "spawn", "free_port", "compare_with_one_process"]
@@ -152,24 +153,11 @@ class SyncBatchNorm(_BatchNorm):
         converted module. Wrap it in ``DistributedDataParallel`` afterwards."""
         batch_norms = (nn.modules.batchnorm._BatchNorm, _BatchNorm)
         if isinstance(module, batch_norms) and not isinstance(module, cls):
-            converted = cls(
-                module.num_features,
-                module.eps,
-                module.momentum,
-                module.affine,
-                module.track_running_stats,
-                process_group=process_group,
-                bias=module.bias is not None or not module.affine,
-            )
-            first = next(iter(module.state_dict().values()), None)
-            if first is not None:
-                converted = converted.to(device=first.device, dtype=first.dtype)
-            converted.load_state_dict(module.state_dict())
+            converted = _twin(module, cls)
+            converted.process_group = process_group
             # the same Parameter objects, as PyTorch does: an optimiser built before still works
-            with torch.no_grad():
-                for name, parameter in module.named_parameters(recurse=False):
-                    setattr(converted, name, parameter)
-            converted.train(module.training)
+            for name, parameter in module.named_parameters(recurse=False):
+                setattr(converted, name, parameter)
             return converted
         for name, child in list(module.named_children()):
             setattr(module, name, cls.convert_sync_batchnorm(child, process_group))
