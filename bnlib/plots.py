@@ -40,6 +40,12 @@ COLOURS = {
 }
 
 
+def number(value: float, lang: str = "en") -> str:
+    """``value`` in its shortest form, with a decimal comma in French (0.3 -> "0,3")."""
+    text = f"{value:g}"
+    return text.replace(".", ",") if lang == "fr" else text
+
+
 def plot_activation_drift(without_bn: dict, with_bn: dict, lang: str = "en") -> Figure:
     """Three panels from two ``activation_drift`` histories: the sigmoid input's percentiles
     without and with batch norm (same vertical scale), and test accuracy against steps."""
@@ -171,13 +177,15 @@ def plot_sweep(
         if crosses:
             ax.plot(*zip(*crosses, strict=True), "x", ms=12, mew=2, color=COLOURS.get(key))
     ax.set(xscale="log", xlabel=t[xlabel], ylabel=t["final_test_accuracy"], ylim=(0, 100))
+    ax.minorticks_off()  # one tick per swept value, written in the page's language
+    ax.set_xticks(values, [number(v, lang) for v in values])
     any_diverged = any(h["diverged"] for histories in runs.values() for h in histories)
     # below the axes, so no point is hidden
     ax.legend(
         title=f"x: {t['diverged']}" if any_diverged else None,
         loc="upper center",
         bbox_to_anchor=(0.5, -0.18),
-        ncols=len(runs),
+        ncols=min(len(runs), 3),
         frameon=False,
     )
     return fig

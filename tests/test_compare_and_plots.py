@@ -86,6 +86,8 @@ def test_benefit_plots_are_labelled_in_the_page_language(lang):
         [0.1, 1.0], {"with_bn": [fake_run(0.8), fake_run(0.1, True)]}, "lr", lang
     )
     assert sweep.axes[0].get_xlabel() == t["lr"] and sweep.axes[0].get_xscale() == "log"
+    ticks = [tick.get_text() for tick in sweep.axes[0].get_xticklabels()]
+    assert ticks == (["0,1", "1"] if lang == "fr" else ["0.1", "1"])
     bars = plots.plot_generalisation(runs, lang)
     assert [tick.get_text() for tick in bars.axes[0].get_xticklabels()] == [
         t["without_bn"],
