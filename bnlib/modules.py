@@ -2,6 +2,7 @@
 
 Same constructor, parameters (``weight`` is gamma, ``bias`` is beta), buffers and ``state_dict``
 keys as PyTorch's, so the two can be swapped and their state dicts loaded into each other.
+One keyword is ours: ``implementation`` picks the code that normalises in training mode.
 """
 
 from __future__ import annotations
@@ -9,9 +10,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from bnlib import fast
 from bnlib import functional as F
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "IMPLEMENTATIONS"]
+
+# Same arguments, same results; they differ in speed and memory (see bnlib.fast).
+IMPLEMENTATIONS = {
+    "fast": fast.batch_norm,  # the hand-written Function in few passes over memory
+    "reference": F.batch_norm,  # the readable one, one pass per line of the formula
+    "compiled": fast.compiled_batch_norm,  # torch.compile of the textbook formula
+}
 
 
 class _BatchNorm(nn.Module):
@@ -30,8 +39,15 @@ class _BatchNorm(nn.Module):
         dtype: torch.dtype | None = None,
         *,
         bias: bool = True,
+        implementation: str = "fast",
     ) -> None:
         super().__init__()
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation={implementation!r} is not one of {sorted(IMPLEMENTATIONS)}; "
+                "'fast' is the default, 'reference' the readable code of bnlib.functional"
+            )
+        self.implementation = implementation
         factory = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.eps = eps
@@ -100,7 +116,7 @@ class _BatchNorm(nn.Module):
         use_batch_stats = self.training or self.running_mean is None
         # Update the running estimates only while training and tracking them.
         track = not self.training or self.track_running_stats
-        return F.batch_norm(
+        return IMPLEMENTATIONS[self.implementation](
             input,
             self.running_mean if track else None,
             self.running_var if track else None,
@@ -122,6 +138,8 @@ class BatchNorm1d(_BatchNorm):
             average. Default: 0.1.
         affine: learn ``weight`` (gamma) and ``bias`` (beta). Default: True.
         bias: with ``affine``, learn ``bias`` too; False keeps the scale only. Default: True.
+        implementation: ``"fast"`` (default), ``"reference"`` or ``"compiled"``, see
+            ``IMPLEMENTATIONS``; not part of the state dict. Keyword only.
         track_running_stats: keep running estimates for evaluation; if False, batch statistics
             are used in both modes. Default: True.
 

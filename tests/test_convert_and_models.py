@@ -78,14 +78,22 @@ def test_unknown_norm_is_refused():
 
 
 def test_cnn_trains_the_same_with_torch_and_bnlib_batch_norm(fashion_mnist):
-    """20 SGD steps on real Fashion-MNIST from the same seed: the losses agree within 1e-4."""
+    """20 SGD steps on real Fashion-MNIST from the same seed, in float64 so that what remains is
+    rounding (in float32 momentum SGD amplifies last-bit differences to ~1e-3 in 20 steps)."""
     X, y = fashion_mnist
+    X = X.double()
     losses = {}
-    for norm in ("torch", "bnlib", None):
+    for norm in ("torch", "bnlib", "bnlib-reference", None):
         set_seed(0)
-        model = ArticleCNN(norm=norm)
+        model = ArticleCNN(norm=norm and norm.removesuffix("-reference")).double()
+        if norm == "bnlib-reference":
+            for layer in model.modules():
+                if hasattr(layer, "implementation"):
+                    layer.implementation = "reference"
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         losses[norm] = train_steps(model, make_loader(X, y, 32, seed=0), optimizer, 20)
-    assert max(abs(a - b) for a, b in zip(losses["torch"], losses["bnlib"], strict=True)) < 1e-4
+    for ours in ("bnlib", "bnlib-reference"):
+        pairs = zip(losses["torch"], losses[ours], strict=True)
+        assert max(abs(a - b) for a, b in pairs) < 1e-10, ours
     assert losses["bnlib"][-1] < losses["bnlib"][0]  # it learns
     assert losses[None] != losses["torch"]  # the choice of normalisation does change training

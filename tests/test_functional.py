@@ -1,4 +1,4 @@
-"""bnlib.functional against torch.nn.functional.batch_norm, autograd and gradcheck."""
+"""bnlib.functional and bnlib.fast against torch.nn.functional.batch_norm, autograd, gradcheck."""
 
 import pytest
 import torch
@@ -7,7 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.testing import assert_close
 
+from bnlib import fast
 from bnlib import functional as F
+
+# the readable reference and the fast path: same contract, same results
+IMPLEMENTATIONS = pytest.mark.parametrize(
+    "batch_norm", [F.batch_norm, fast.batch_norm], ids=["reference", "fast"]
+)
 
 SHAPES = [(4, 3), (5, 2, 7), (3, 4, 5, 6), (2, 3, 2, 3, 4)]
 
@@ -21,6 +27,7 @@ def reference_batch_norm(x, gamma, beta, eps):
     return gamma.view(shape) * (x - mean) / torch.sqrt(var + eps) + beta.view(shape)
 
 
+@IMPLEMENTATIONS
 @settings(max_examples=60, deadline=None)
 @given(
     shape_index=st.integers(0, len(SHAPES) - 1),
@@ -31,7 +38,9 @@ def reference_batch_norm(x, gamma, beta, eps):
     affine=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_matches_torch_functional(shape_index, dtype, training, momentum, eps, affine, seed):
+def test_matches_torch_functional(
+    batch_norm, shape_index, dtype, training, momentum, eps, affine, seed
+):
     torch.manual_seed(seed)
     shape = SHAPES[shape_index]
     C = shape[1]
@@ -41,7 +50,7 @@ def test_matches_torch_functional(shape_index, dtype, training, momentum, eps, a
     rm, rv = torch.randn(C, dtype=dtype), torch.rand(C, dtype=dtype) + 0.5
     rm_t, rv_t = rm.clone(), rv.clone()
 
-    y = F.batch_norm(x, rm, rv, w, b, training, momentum, eps)
+    y = batch_norm(x, rm, rv, w, b, training, momentum, eps)
     y_t = TF.batch_norm(x, rm_t, rv_t, w, b, training, momentum, eps)
     dy = torch.randn_like(y)
     inputs = [x] + ([w, b] if affine else [])
@@ -56,12 +65,13 @@ def test_matches_torch_functional(shape_index, dtype, training, momentum, eps, a
     assert_close(rv, rv_t, **tol)
 
 
-def test_gradcheck_function():
+@pytest.mark.parametrize("function", [F.BatchNormFunction, fast.FastBatchNormFunction])
+def test_gradcheck_function(function):
     x = torch.randn(6, 3, 4, dtype=torch.float64, requires_grad=True)
     gamma = torch.randn(3, dtype=torch.float64, requires_grad=True)
     beta = torch.randn(3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda x, g, b: F.BatchNormFunction.apply(x, g, b, 1e-5)[0], (x, gamma, beta)
+        lambda x, g, b: function.apply(x, g, b, 1e-5)[0], (x, gamma, beta)
     )
 
 
@@ -126,7 +136,8 @@ def test_training_output_depends_on_the_batch():
     assert (first_half - whole).abs().max() > 1e-3
 
 
-def test_stable_variance_on_offset_float32():
+@IMPLEMENTATIONS
+def test_stable_variance_on_offset_float32(batch_norm):
     """Mean 1e4, std 1e-2 in float32: at least as accurate as PyTorch against float64."""
     x = (1e4 + 1e-2 * torch.randn(64, 8, 6, 6, dtype=torch.float64)).float()
     x64 = x.double()
@@ -135,7 +146,7 @@ def test_stable_variance_on_offset_float32():
 
     ours_rm, ours_rv = torch.zeros(8), torch.ones(8)
     theirs_rm, theirs_rv = torch.zeros(8), torch.ones(8)
-    y = F.batch_norm(x, ours_rm, ours_rv, training=True, momentum=1.0)
+    y = batch_norm(x, ours_rm, ours_rv, training=True, momentum=1.0)
     y_t = TF.batch_norm(x, theirs_rm, theirs_rv, training=True, momentum=1.0)
 
     def error(a, ref):
@@ -174,11 +185,50 @@ def test_stable_variance_on_offset_float32():
         ),
     ],
 )
-def test_bad_input_raises_clear_error(x, kwargs, error, message):
+@IMPLEMENTATIONS
+def test_bad_input_raises_clear_error(batch_norm, x, kwargs, error, message):
     with pytest.raises(error, match=message):
-        F.batch_norm(x, None, None, **kwargs)
+        batch_norm(x, None, None, **kwargs)
 
 
 def test_wrong_channel_count_in_running_stats():
     with pytest.raises(RuntimeError, match="running_mean should contain 3 elements not 4"):
         F.batch_norm(torch.randn(4, 3), torch.zeros(4), torch.ones(4), training=True)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fast_function_equals_the_reference_function(shape):
+    """Forward, statistics and backward of the two Functions agree to float64 rounding."""
+    torch.manual_seed(0)
+    x = (5 * torch.randn(shape, dtype=torch.float64) - 3).requires_grad_()
+    gamma = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
+    beta = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(shape, dtype=torch.float64)
+    results = []
+    for function in (F.BatchNormFunction, fast.FastBatchNormFunction):
+        y, mean, var = function.apply(x, gamma, beta, 1e-5)
+        results.append((y, mean, var, *torch.autograd.grad(y, (x, gamma, beta), dy)))
+    for ours, reference in zip(*results, strict=True):
+        assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_channel_sums_match_the_plain_formulas_on_any_layout():
+    torch.manual_seed(0)
+    a = torch.randn(4, 3, 5, 6, dtype=torch.float64)
+    b = torch.randn(4, 3, 5, 6, dtype=torch.float64).to(memory_format=torch.channels_last)
+    assert_close(fast.channel_dot(a, b), (a * b).sum((0, 2, 3)))
+    assert_close(fast.channel_sum(b), b.sum((0, 2, 3)))
+    assert_close(fast.channel_dot(a[:, :, 0, 0], b[:, :, 0, 0]), (a * b)[:, :, 0, 0].sum(0))
+
+
+def test_compiled_batch_norm_matches_torch():
+    """torch.compile of the textbook formula: same outputs, gradients and running statistics."""
+    torch.manual_seed(0)
+    x = (2 * torch.randn(8, 3, 5, 5) + 1).requires_grad_()
+    rm, rv, rm_t, rv_t = torch.zeros(3), torch.ones(3), torch.zeros(3), torch.ones(3)
+    y = fast.compiled_batch_norm(x, rm, rv, training=True)
+    y_t = TF.batch_norm(x, rm_t, rv_t, training=True)
+    dy = torch.randn_like(y)
+    assert_close(y, y_t, rtol=1e-5, atol=1e-5)
+    assert_close(torch.autograd.grad(y, x, dy)[0], torch.autograd.grad(y_t, x, dy)[0])
+    assert_close((rm, rv), (rm_t, rv_t))

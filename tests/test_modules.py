@@ -39,14 +39,16 @@ def twins(kind, **kwargs):
     track_running_stats=st.booleans(),
     steps=st.integers(1, 4),
     seed=st.integers(0, 2**16),
+    implementation=st.sampled_from(["fast", "reference"]),
 )
 def test_train_steps_then_eval_match_torch(
-    kind, dtype, momentum, eps, affine, track_running_stats, steps, seed
+    kind, dtype, momentum, eps, affine, track_running_stats, steps, seed, implementation
 ):
     torch.manual_seed(seed)
     ours, theirs = twins(
         kind, momentum=momentum, eps=eps, affine=affine, track_running_stats=track_running_stats
     )
+    ours.implementation = implementation
     ours, theirs = ours.to(dtype), theirs.to(dtype)
     tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {}
     shapes = PAIRS[kind][2]
@@ -172,3 +174,13 @@ def test_batch_of_one_in_training_then_fine_in_eval():
         layer(torch.randn(1, 3))
     layer.eval()
     assert layer(torch.randn(1, 3)).shape == (1, 3)
+
+
+def test_implementation_is_chosen_by_keyword_and_checked():
+    layer = bnlib.BatchNorm2d(4, implementation="reference")
+    assert layer.implementation == "reference" and bnlib.BatchNorm2d(4).implementation == "fast"
+    assert "implementation" not in repr(layer) and set(layer.state_dict()) == set(
+        nn.BatchNorm2d(4).state_dict()
+    )
+    with pytest.raises(ValueError, match="implementation='cuda' is not one of"):
+        bnlib.BatchNorm2d(4, implementation="cuda")
