@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 BUILD_FLAGS := -W -n --keep-going
 NOTEBOOKS := chapters
 
-.PHONY: setup data book test lint unit notebooks build-strict site serve clean
+.PHONY: setup data book test lint unit notebooks build-strict site bench serve clean
 
 setup: $(INSTALLED) data
 
@@ -51,6 +51,10 @@ site: build-strict
 	$(BIN)/python -m pytest site_tests
 
 test: lint unit notebooks build-strict site
+
+# Batch norm implementations side by side (time, memory saved for backward), then the CNN.
+bench: setup
+	$(BIN)/python benchmarks/batch_norm.py
 
 serve:
 	$(BIN)/python -m http.server --directory _build/html --bind 127.0.0.1 8000

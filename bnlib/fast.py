@@ -33,6 +33,7 @@ __all__ = [
     "FastBatchNormFunction",
     "batch_norm",
     "textbook_batch_norm",
+    "compiled_textbook",
     "compiled_batch_norm",
 ]
 
@@ -141,7 +142,8 @@ def textbook_batch_norm(
 
 
 @functools.cache
-def _compiled_textbook() -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
+def compiled_textbook() -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
+    """``torch.compile(textbook_batch_norm)``, created on first use (compiling is per shape)."""
     # Compiling for a CPU without CUDA logs a warning about CUDA_HOME that does not apply.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return torch.compile(textbook_batch_norm, dynamic=False)
@@ -163,7 +165,7 @@ def compiled_batch_norm(
     needs a C++ compiler); later calls run the fused code.
     """
     return apply_batch_norm(
-        _compiled_textbook(),
+        compiled_textbook(),
         input,
         running_mean,
         running_var,

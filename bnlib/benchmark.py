@@ -1,0 +1,217 @@
+"""Batch norm implementations measured side by side: time, memory saved for backward, the floor.
+
+Every number is a measurement of this run on this machine; compare implementations through
+their ratios to PyTorch's native kernel, measured in the same run, interleaved, never across runs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from bnlib import fast
+from bnlib import functional as F
+from bnlib.data import load_tensors, make_loader
+from bnlib.models import ArticleCNN
+from bnlib.training import seconds_per_step, set_seed
+
+__all__ = [
+    "TRAINING",
+    "BenchmarkConfig",
+    "saved_bytes",
+    "copy_bandwidth",
+    "floor_bytes",
+    "benchmark",
+    "forward_backward_seconds",
+    "format_table",
+    "training_step_times",
+]
+
+Normalise = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+# Training-mode batch norm, (x, gamma, beta) -> y, eps = 1e-5, no running statistics.
+TRAINING: dict[str, Normalise] = {
+    # the formula one autograd operation at a time: autograd saves what each one needs
+    "naive": lambda x, g, b: fast.textbook_batch_norm(x, g, b, 1e-5)[0],
+    # bnlib.functional: the readable autograd.Function
+    "reference": lambda x, g, b: F.BatchNormFunction.apply(x, g, b, 1e-5)[0],
+    # bnlib.fast: the same Function in fewer passes over memory
+    "fast": lambda x, g, b: fast.FastBatchNormFunction.apply(x, g, b, 1e-5)[0],
+    # torch.compile of the naive formula
+    "compiled": lambda x, g, b: fast.compiled_textbook()(x, g, b, 1e-5)[0],
+    # PyTorch's native kernel
+    "native": lambda x, g, b: torch.nn.functional.batch_norm(x, None, None, g, b, True),
+}
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """What to measure: input shapes (N, C, *), implementations (keys of ``TRAINING``)."""
+
+    shapes: tuple[tuple[int, ...], ...] = ((128, 64, 24, 24), (256, 128))
+    implementations: tuple[str, ...] = ("naive", "reference", "fast", "compiled", "native")
+    repeats: int = 30
+    warmup: int = 3
+    dtype: torch.dtype = torch.float32
+    device: str = "cpu"
+    seed: int = 0
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def saved_bytes(normalise: Normalise, x: Tensor, gamma: Tensor, beta: Tensor) -> tuple[int, Tensor]:
+    """Bytes that one forward pass keeps for its backward pass, and its output.
+
+    Counted with ``saved_tensors_hooks``: each storage once, whatever the views saved on it.
+    """
+    storages: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = normalise(x, gamma, beta)
+    return sum(storages.values()), y
+
+
+def copy_bandwidth(x: Tensor, repeats: int = 30) -> float:
+    """Bytes per second that a plain copy of ``x`` moves (reads plus writes) on its device."""
+    target = torch.empty_like(x)
+    times = []
+    for i in range(repeats + 3):
+        _synchronize(x.device)
+        start = time.perf_counter()
+        target.copy_(x)
+        _synchronize(x.device)
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return 2 * x.nbytes / statistics.median(times)
+
+
+def floor_bytes(x: Tensor) -> int:
+    """The traffic no training-mode batch norm avoids: read x, write y (forward); read the
+    output gradient and x, write the input gradient (backward). Five tensors of x's size."""
+    return 5 * x.nbytes
+
+
+def forward_backward_seconds(
+    normalise: Normalise, x: Tensor, gamma: Tensor, beta: Tensor, dy: Tensor
+) -> float:
+    """Wall time of one forward and backward pass (gradients reset first)."""
+    x.grad = gamma.grad = beta.grad = None
+    _synchronize(x.device)
+    start = time.perf_counter()
+    normalise(x, gamma, beta).backward(dy)
+    _synchronize(x.device)
+    return time.perf_counter() - start
+
+
+def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> list[dict]:
+    """Forward + backward time and saved memory of each implementation, for each shape.
+
+    The implementations take turns within each repetition, so a slow moment of the machine
+    hits them alike. Returns one row per (shape, implementation) with ``ms`` (median),
+    ``time_ratio`` and ``memory_ratio`` to ``native``, ``saved_bytes``, and the shape's
+    ``floor_ms`` (floor bytes at the measured copy bandwidth); ``first_call_s`` is the first
+    forward + backward, which includes compilation for ``compiled``.
+    """
+    unknown = set(config.implementations) - set(TRAINING)
+    if unknown:
+        raise ValueError(f"unknown implementations {sorted(unknown)}; choose from {list(TRAINING)}")
+    generator = torch.Generator().manual_seed(config.seed)
+    return [row for shape in config.shapes for row in _measure(shape, config, generator)]
+
+
+def _measure(shape: tuple[int, ...], config: BenchmarkConfig, generator) -> list[dict]:
+    factory = {"dtype": config.dtype, "device": config.device}
+    x = torch.randn(shape, generator=generator, dtype=config.dtype).to(config.device)
+    dy = torch.randn(shape, generator=generator, dtype=config.dtype).to(config.device)
+    tensors = (
+        x.requires_grad_(),
+        torch.ones(shape[1], **factory, requires_grad=True),  # gamma
+        torch.zeros(shape[1], **factory, requires_grad=True),  # beta
+        dy,
+    )
+    names = config.implementations
+    first_call = {name: forward_backward_seconds(TRAINING[name], *tensors) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(config.warmup - 1 + config.repeats):
+        for name in names:
+            seconds = forward_backward_seconds(TRAINING[name], *tensors)
+            if repeat >= config.warmup - 1:
+                times[name].append(seconds)
+    floor_ms = 1000 * floor_bytes(x) / copy_bandwidth(x.detach())
+    rows = [
+        {
+            "shape": tuple(shape),
+            "implementation": name,
+            "ms": 1000 * statistics.median(times[name]),
+            "first_call_s": first_call[name],
+            "saved_bytes": saved_bytes(TRAINING[name], *tensors[:3])[0],
+            "floor_ms": floor_ms,
+            "floor_bytes": floor_bytes(x),
+        }
+        for name in names
+    ]
+    native = next((row for row in rows if row["implementation"] == "native"), None)
+    for row in rows:
+        row["time_ratio"] = row["ms"] / native["ms"] if native else float("nan")
+        row["memory_ratio"] = row["saved_bytes"] / native["saved_bytes"] if native else float("nan")
+    return rows
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """The rows of ``benchmark`` as a plain-text table, one block per shape."""
+    lines = []
+    header = (
+        f"{'implementation':<14}{'fwd+bwd ms':>12}{'x native':>10}{'saved MiB':>11}{'x native':>10}"
+    )
+    for shape in dict.fromkeys(row["shape"] for row in rows):
+        block = [row for row in rows if row["shape"] == shape]
+        floor = block[0]
+        lines.append(
+            f"shape {shape}: floor {floor['floor_bytes'] / 2**20:.1f} MiB moved, "
+            f"{floor['floor_ms']:.2f} ms at this machine's copy bandwidth"
+        )
+        lines.append(header)
+        for row in block:
+            lines.append(
+                f"{row['implementation']:<14}{row['ms']:>12.3f}{row['time_ratio']:>10.2f}"
+                f"{row['saved_bytes'] / 2**20:>11.2f}{row['memory_ratio']:>10.2f}"
+            )
+            if row["implementation"] == "compiled":
+                lines[-1] += f"   (first call, compiling: {row['first_call_s']:.1f} s)"
+        lines.append("")
+    return "\n".join(lines)
+
+
+def training_step_times(
+    norms: Sequence[str | None] = ("torch", "bnlib"),
+    batch_size: int = 64,
+    num_steps: int = 10,
+    rounds: int = 3,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict[str | None, float]:
+    """Median seconds per training step (SGD with momentum) of the article's CNN on
+    Fashion-MNIST, for each ``norm`` of ``ArticleCNN``; the norms take turns for ``rounds``."""
+    X, y = load_tensors("fashion-mnist", train=True, limit=batch_size * (num_steps + 4))
+    times: dict[str | None, list[float]] = {norm: [] for norm in norms}
+    for _ in range(rounds):
+        for norm in norms:
+            set_seed(seed)
+            model = ArticleCNN(norm=norm).to(device)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            loader = make_loader(X, y, batch_size, seed=seed)
+            times[norm].append(seconds_per_step(model, loader, optimizer, num_steps=num_steps))
+    return {norm: statistics.median(values) for norm, values in times.items()}

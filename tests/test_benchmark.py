@@ -1,0 +1,93 @@
+"""bnlib.benchmark and benchmarks/batch_norm.py: what they count is right, the script runs.
+
+Timings are printed, never asserted; memory saved for backward is deterministic, so asserted.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from bnlib import benchmark as B
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "benchmarks/batch_norm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def inputs(shape):
+    x = torch.randn(shape, requires_grad=True)
+    gamma = torch.ones(shape[1], requires_grad=True)
+    beta = torch.zeros(shape[1], requires_grad=True)
+    return x, gamma, beta
+
+
+@pytest.mark.parametrize("shape", [(16, 8, 6, 6), (32, 16)])
+def test_memory_saved_for_backward(shape):
+    """bnlib's Functions keep one tensor of the input's size, as PyTorch's kernel does; the
+    autograd composition keeps two."""
+    x, gamma, beta = inputs(shape)
+    saved = {name: B.saved_bytes(f, x, gamma, beta)[0] for name, f in B.TRAINING.items()}
+    assert x.nbytes <= saved["native"] < x.nbytes + 1024  # x, plus (C,) vectors
+    assert saved["fast"] <= saved["native"] and saved["reference"] <= saved["native"]
+    assert saved["naive"] >= 2 * x.nbytes
+
+
+def test_saved_bytes_counts_each_storage_once():
+    x, gamma, beta = inputs((4, 3, 5))
+
+    def twice(x, gamma, beta):
+        return (x * x[:, :1]).sum() + beta.sum()  # the product saves x and a view of x
+
+    saved, y = B.saved_bytes(twice, x, gamma, beta)
+    assert saved == x.nbytes and y.requires_grad
+
+
+def test_benchmark_rows_and_table():
+    config = B.BenchmarkConfig(
+        shapes=((8, 4, 5, 5), (16, 4)),
+        implementations=("naive", "fast", "native"),
+        repeats=2,
+        warmup=1,
+    )
+    rows = B.benchmark(config)
+    assert [(r["shape"], r["implementation"]) for r in rows] == [
+        (shape, name) for shape in config.shapes for name in config.implementations
+    ]
+    native = [r for r in rows if r["implementation"] == "native"]
+    assert all(r["time_ratio"] == 1.0 and r["memory_ratio"] == 1.0 for r in native)
+    assert all(r["ms"] > 0 and r["floor_ms"] > 0 for r in rows)
+    assert rows[0]["floor_bytes"] == 5 * 8 * 4 * 5 * 5 * 4  # five float32 tensors of x's size
+    table = B.format_table(rows)
+    assert "shape (8, 4, 5, 5): floor" in table and table.count("fast ") == 2
+
+
+def test_benchmark_refuses_an_unknown_implementation():
+    with pytest.raises(ValueError, match=r"unknown implementations \['cudnn'\]"):
+        B.benchmark(B.BenchmarkConfig(implementations=("cudnn",)))
+
+
+def test_training_step_times(fashion_mnist):
+    times = B.training_step_times(num_steps=2, rounds=1, batch_size=16)
+    assert set(times) == {"torch", "bnlib"} and all(t > 0 for t in times.values())
+
+
+def test_script_prints_the_table(capsys, fashion_mnist):
+    script = load_script()
+    argv = ["--shapes", "8,4,5,5", "--repeats", "2", "--skip", "compiled", "--cnn-steps", "2"]
+    assert script.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "shape (8, 4, 5, 5): floor" in out and "compiled" not in out
+    assert "article's CNN, one training step" in out
+
+
+def test_script_rejects_a_bad_shape(capsys):
+    with pytest.raises(SystemExit):
+        load_script().main(["--shapes", "8x4"])
+    assert "a shape is integers separated by commas" in capsys.readouterr().err
