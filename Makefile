@@ -20,6 +20,7 @@ $(INSTALLED): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
+# A C++ compiler for torch.compile (the Performance chapter compiles batch norm), then
 # Fashion-MNIST, offline: Debian's copy (installed with apt where it is missing and apt is usable),
 # decompressed where torchvision looks. Elsewhere torchvision downloads it on first use.
 data: $(INSTALLED)
@@ -27,6 +28,10 @@ data: $(INSTALLED)
 	    && [ "$$(id -u)" = 0 ]; then \
 	  apt-get update -q && apt-get install -y -q --no-install-recommends dataset-fashion-mnist \
 	    || echo "apt could not install dataset-fashion-mnist; torchvision will download it"; \
+	fi
+	@if ! command -v c++ >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -q && apt-get install -y -q --no-install-recommends g++) \
+	    || echo "apt could not install g++: torch.compile (chapter Performance) needs a C++ compiler"; \
 	fi
 	$(BIN)/python -m bnlib.data
 

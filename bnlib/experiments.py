@@ -219,6 +219,7 @@ def trained_model(history: dict) -> torch.nn.Module:
 # The modules whose code decides what an experiment computes (not how figures look).
 _COMPUTING_MODULES = (
     "functional",
+    "fast",
     "modules",
     "models",
     "data",
