@@ -19,6 +19,7 @@ __all__ = [
     "plot_sweep",
     "plot_generalisation",
     "plot_batch_noise",
+    "plot_benchmark",
     "plot_confusion_matrix",
     "plot_misclassified",
 ]
@@ -220,6 +221,21 @@ def plot_batch_noise(history: dict, lang: str = "en") -> Figure:
     ax.plot(sizes, reference, "--", color="#555555", label=t["inverse_sqrt"])
     ax.set(xscale="log", yscale="log", xlabel=t["batch_size"], ylabel=t["noise_std"])
     ax.legend()
+    return fig
+
+
+def plot_benchmark(rows: Sequence[dict], lang: str = "en") -> Figure:
+    """Forward + backward time of each implementation for one shape (rows of
+    ``bnlib.benchmark.benchmark``), slowest at the top, with the memory floor as a dashed line."""
+    t = labels(lang)
+    rows = sorted(rows, key=lambda row: row["ms"])
+    fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
+    names = [t[f"impl_{row['implementation']}"] for row in rows]
+    colours = ["#555555" if row["implementation"] == "native" else "#1b9e77" for row in rows]
+    ax.barh(names, [row["ms"] for row in rows], color=colours)
+    ax.axvline(rows[0]["floor_ms"], color="#d95f02", linestyle="--", label=t["memory_floor"])
+    ax.set(xlabel=t["fwd_bwd_ms"], title=f"{tuple(rows[0]['shape'])}, float32")
+    ax.legend(loc="lower right")
     return fig
 
 

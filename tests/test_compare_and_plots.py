@@ -116,3 +116,18 @@ def test_every_figure_word_exists_in_both_languages():
 
     assert set(LABELS["fr"]) == set(LABELS["en"])
     assert all(len(names["fr"]) == len(names["en"]) == 10 for names in CLASS_NAMES.values())
+
+
+@pytest.mark.parametrize("lang", ["fr", "en"])
+def test_benchmark_plot_is_labelled_in_the_page_language(lang):
+    t = plots.LABELS[lang]
+    rows = [
+        {"shape": (2, 3), "implementation": name, "ms": ms, "floor_ms": 0.5}
+        for name, ms in (("fast", 2.0), ("native", 1.0))
+    ]
+    ax = plots.plot_benchmark(rows, lang).axes[0]
+    assert [tick.get_text() for tick in ax.get_yticklabels()] == [t["impl_native"], t["impl_fast"]]
+    assert (
+        ax.get_xlabel() == t["fwd_bwd_ms"]
+        and ax.get_legend().get_texts()[0].get_text() == (t["memory_floor"])
+    )
