@@ -14,13 +14,13 @@ If none works, ``DatasetUnavailableError`` names the dataset, the folder and the
 from __future__ import annotations
 
 import gzip
+import importlib
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -31,6 +31,7 @@ __all__ = [
     "prepare",
     "load_dataset",
     "load_tensors",
+    "read_idx",
     "make_loader",
 ]
 
@@ -39,8 +40,7 @@ __all__ = [
 class DatasetInfo:
     """Where a dataset lives and how its pixels are standardised."""
 
-    torchvision_class: type
-    folder: str  # torchvision's folder name under the root
+    folder: str  # torchvision's folder name under the root, and its dataset class
     mean: float  # pixel mean and std of the training set, after scaling to [0, 1]
     std: float
     debian_dir: Path | None  # Debian's copy, if Debian packages one
@@ -49,14 +49,13 @@ class DatasetInfo:
 
 DATASETS = {
     "fashion-mnist": DatasetInfo(
-        torchvision.datasets.FashionMNIST,
         "FashionMNIST",
         0.2860,
         0.3530,
         Path("/usr/share/datasets/fashion-mnist"),
         "dataset-fashion-mnist",
     ),
-    "mnist": DatasetInfo(torchvision.datasets.MNIST, "MNIST", 0.1307, 0.3081, None, None),
+    "mnist": DatasetInfo("MNIST", 0.1307, 0.3081, None, None),
 }
 
 RAW_FILES = (
@@ -123,6 +122,29 @@ def prepare(name: str = "fashion-mnist", root: Path | str | None = None, debian_
     return True
 
 
+def _torchvision_class(info: DatasetInfo) -> type:
+    # imported only here: torchvision takes a second or more to import, and reading the files
+    # already on disk does not need it (every notebook kernel and DDP worker saves that time)
+    return getattr(importlib.import_module("torchvision.datasets"), info.folder)
+
+
+def read_idx(path: Path | str) -> Tensor:
+    """An uncompressed IDX file (the MNIST format) as a uint8 tensor of its stated shape.
+
+    Header: two zero bytes, the type code 0x08 (unsigned bytes), the number of dimensions, then
+    each dimension as a big-endian int32; the values follow.
+    """
+    content = Path(path).read_bytes()
+    if len(content) < 4 or content[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes (header {content[:4]!r})")
+    ndim = content[3]
+    shape = [int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    data = content[4 + 4 * ndim :]
+    if len(data) != torch.Size(shape).numel():
+        raise ValueError(f"{path} announces shape {shape} but holds {len(data)} values")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(shape)
+
+
 def load_dataset(
     name: str = "fashion-mnist",
     train: bool = True,
@@ -139,11 +161,11 @@ def load_dataset(
     root = Path(root) if root is not None else default_root()
     prepare(name, root, debian_dir)
     if _has_raw(_raw_dir(name, root)):
-        return info.torchvision_class(str(root), train=train, download=False)
+        return _torchvision_class(info)(str(root), train=train, download=False)
     problem = "downloading is switched off (download=False)"
     if download:
         try:
-            return info.torchvision_class(str(root), train=train, download=True)
+            return _torchvision_class(info)(str(root), train=train, download=True)
         except Exception as exc:  # no network: URLError, RuntimeError from every mirror, ...
             problem = f"the download failed ({type(exc).__name__}: {exc})"
     remedies = ["connect to the internet and call again with download=True"]
@@ -173,8 +195,15 @@ def load_tensors(
         ``(X, y)``: X float32 of shape (N, 1, 28, 28), y int64 of shape (N,).
     """
     info = _info(name)
-    dataset = load_dataset(name, train=train, root=root, download=download)
-    images, labels = dataset.data, dataset.targets  # uint8 (N, 28, 28), int64 (N,)
+    root = Path(root) if root is not None else default_root()
+    raw = _raw_dir(name, root)
+    if prepare(name, root):  # on disk (or just decompressed): read the IDX files directly
+        split = "train" if train else "t10k"
+        images = read_idx(raw / f"{split}-images-idx3-ubyte")  # uint8 (N, 28, 28)
+        labels = read_idx(raw / f"{split}-labels-idx1-ubyte").long()  # (N,)
+    else:  # torchvision downloads it, or says why it cannot
+        dataset = load_dataset(name, train=train, root=root, download=download)
+        images, labels = dataset.data, dataset.targets
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     X = (images.float().div(255.0).unsqueeze(1) - info.mean) / info.std  # (N, 1, 28, 28)

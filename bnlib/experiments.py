@@ -25,7 +25,7 @@ from tqdm import tqdm
 from bnlib.data import load_tensors, make_loader
 from bnlib.distributed import SyncBatchNorm, spawn
 from bnlib.models import ArticleCNN, DistributionShift, PaperMLP, scale_init
-from bnlib.training import default_device, evaluate, set_seed, train_steps
+from bnlib.training import default_device, evaluate, predict, set_seed, train_steps
 
 __all__ = [
     "DriftConfig",
@@ -123,6 +123,7 @@ class RunConfig:
     eval_test_size: int | None = None  # test images measured at each record; None: all
     seed: int = 0
     keep_state: bool = False  # return the trained weights too, under "state_dict"
+    predict_test: bool = False  # return the predicted classes of the whole test set too
 
 
 def build_model(config: RunConfig) -> torch.nn.Module:
@@ -153,7 +154,8 @@ def train_run(config: RunConfig) -> dict:
     Returns:
         ``{"config": dict, "step": [...], "train_loss": [...], "test_loss": [...],
         "test_accuracy": [...], "train_accuracy": [...], "diverged": bool}``, plus
-        ``"state_dict"`` with ``keep_state``. Training runs on the GPU when there is one.
+        ``"state_dict"`` with ``keep_state`` and ``"test_predictions"`` (N,) with
+        ``predict_test``, both cached with the rest. Training runs on the GPU when there is one.
         ``train_loss`` is the mean loss of the mini-batches since the previous record, as
         training computes it (None at step 0);
         the accuracies are measured in eval mode. A run whose loss becomes infinite or NaN stops
@@ -200,6 +202,8 @@ def train_run(config: RunConfig) -> dict:
                 break
     if config.keep_state:
         history["state_dict"] = {k: v.cpu() for k, v in model.state_dict().items()}
+    if config.predict_test:
+        history["test_predictions"] = predict(model, load_tensors(config.dataset, False)[0])
     return {"config": asdict(config), **history}
 
 

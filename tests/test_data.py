@@ -3,6 +3,8 @@
 import gzip
 import os
 import struct
+import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -94,3 +96,30 @@ def test_loader_is_reproducible_and_drops_the_last_batch():
     first = [b[1].tolist() for b in data.make_loader(X, y, 4, seed=1)]
     again = [b[1].tolist() for b in data.make_loader(X, y, 4, seed=1)]
     assert first == again and len(first) == 2  # 10 // 4, the last 2 dropped
+
+
+@needs_debian_copy
+def test_read_idx_reads_what_torchvision_reads(tmp_path):
+    assert data.prepare("fashion-mnist", tmp_path)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    theirs = torchvision.datasets.FashionMNIST(str(tmp_path), train=False, download=False)
+    assert torch.equal(data.read_idx(raw / "t10k-images-idx3-ubyte"), theirs.data)
+    assert torch.equal(data.read_idx(raw / "t10k-labels-idx1-ubyte").long(), theirs.targets)
+
+
+def test_read_idx_refuses_what_is_not_idx(tmp_path):
+    (tmp_path / "text").write_bytes(b"hello world")
+    with pytest.raises(ValueError, match="is not an IDX file of unsigned bytes"):
+        data.read_idx(tmp_path / "text")
+    (tmp_path / "short").write_bytes(struct.pack(">II", 2049, 5) + bytes(3))
+    with pytest.raises(ValueError, match=r"announces shape \[5\] but holds 3 values"):
+        data.read_idx(tmp_path / "short")
+
+
+def test_reading_the_data_does_not_import_torchvision():
+    """torchvision costs a second or more to import in every kernel and worker process."""
+    code = (
+        "import sys; from bnlib.data import load_tensors; load_tensors(limit=10); "
+        "assert 'torchvision' not in sys.modules, 'torchvision was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

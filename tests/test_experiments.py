@@ -92,11 +92,15 @@ def test_build_model_options():
 
 
 def test_kept_weights_rebuild_the_trained_model():
-    history = train_run(RunConfig(**{**TINY.__dict__, "keep_state": True, "eval_test_size": 500}))
+    config = {**TINY.__dict__, "keep_state": True, "eval_test_size": 500, "predict_test": True}
+    history = train_run(RunConfig(**config))
     model = experiments.trained_model(history)
     assert not model.training
     X, y = load_tensors("fashion-mnist", train=False, limit=500)
     assert evaluate(model, X, y)[1] == history["test_accuracy"][-1]
+    X_all, _ = load_tensors("fashion-mnist", train=False)
+    assert torch.equal(history["test_predictions"], predict(model, X_all))  # the whole test set
+    assert "test_predictions" not in train_run(TINY)
     with pytest.raises(ValueError, match="keep_state=True"):
         experiments.trained_model(train_run(TINY))
 
