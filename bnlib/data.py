@@ -22,7 +22,13 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+)
 
 __all__ = [
     "DATASETS",
@@ -224,12 +230,15 @@ def make_loader(
     training, and a last small batch has noisier statistics than the others.
     """
     generator = torch.Generator().manual_seed(seed)
+    dataset = TensorDataset(X, y)
+    order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    # The batches DataLoader(dataset, batch_size, shuffle, generator=generator) would give, in
+    # the same order, but each taken with one indexing of X and y instead of one per example.
     return DataLoader(
-        TensorDataset(X, y),
-        batch_size=batch_size,
-        shuffle=shuffle,
+        dataset,
+        batch_size=None,
+        sampler=BatchSampler(order, batch_size, drop_last),
         generator=generator,
-        drop_last=drop_last,
     )
 
 

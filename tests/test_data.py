@@ -123,3 +123,23 @@ def test_reading_the_data_does_not_import_torchvision():
         "assert 'torchvision' not in sys.modules, 'torchvision was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_make_loader_gives_the_batches_of_a_plain_dataloader(shuffle):
+    """Same batches, same order, same use of the generator, over two epochs."""
+    X, y = torch.randn(50, 3), torch.arange(50)
+    ours = data.make_loader(X, y, 8, shuffle=shuffle, seed=3)
+    plain = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(X, y),
+        batch_size=8,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(3),
+        drop_last=True,
+    )
+    assert len(ours) == len(plain) == 6
+    for _ in range(2):
+        for (xb, yb), (xp, yp) in zip(ours, plain, strict=True):
+            assert torch.equal(xb, xp) and torch.equal(yb, yp)
+    kept = data.make_loader(X, y, 8, drop_last=False)
+    assert [len(yb) for _, yb in kept] == [8] * 6 + [2]
