@@ -16,7 +16,14 @@ import sys
 
 import torch
 
-from bnlib.benchmark import TRAINING, BenchmarkConfig, benchmark, format_table, training_step_times
+from bnlib.benchmark import (
+    TRAINING,
+    BenchmarkConfig,
+    StepTimeConfig,
+    benchmark,
+    format_table,
+    training_step_times,
+)
 from bnlib.data import DatasetUnavailableError
 
 
@@ -56,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(benchmark(config)))
         if args.cnn_steps:
             try:
-                steps = training_step_times(num_steps=args.cnn_steps, device=device)
+                steps = training_step_times(StepTimeConfig(num_steps=args.cnn_steps, device=device))
             except DatasetUnavailableError as error:
                 print(f"CNN timing skipped: {error}")
                 continue

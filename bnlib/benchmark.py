@@ -29,6 +29,7 @@ __all__ = [
     "benchmark",
     "forward_backward_seconds",
     "format_table",
+    "StepTimeConfig",
     "training_step_times",
 ]
 
@@ -195,23 +196,34 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def training_step_times(
-    norms: Sequence[str | None] = ("torch", "bnlib"),
-    batch_size: int = 64,
-    num_steps: int = 10,
-    rounds: int = 3,
-    device: str = "cpu",
-    seed: int = 0,
-) -> dict[str | None, float]:
-    """Median seconds per training step (SGD with momentum) of the article's CNN on
-    Fashion-MNIST, for each ``norm`` of ``ArticleCNN``; the norms take turns for ``rounds``."""
-    X, y = load_tensors("fashion-mnist", train=True, limit=batch_size * (num_steps + 4))
-    times: dict[str | None, list[float]] = {norm: [] for norm in norms}
-    for _ in range(rounds):
-        for norm in norms:
-            set_seed(seed)
-            model = ArticleCNN(norm=norm).to(device)
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-            loader = make_loader(X, y, batch_size, seed=seed)
-            times[norm].append(seconds_per_step(model, loader, optimizer, num_steps=num_steps))
+@dataclass(frozen=True)
+class StepTimeConfig:
+    """Training steps of the article's CNN to time, for each ``norm`` of ``ArticleCNN``."""
+
+    norms: tuple[str | None, ...] = ("torch", "bnlib")
+    batch_size: int = 64
+    num_steps: int = 10  # timed steps per round, after 2 warm-up steps
+    rounds: int = 3  # the norms take turns, ``rounds`` times
+    lr: float = 0.05
+    sgd_momentum: float = 0.9
+    device: str = "cpu"
+    seed: int = 0
+
+
+def training_step_times(config: StepTimeConfig = StepTimeConfig()) -> dict[str | None, float]:
+    """Seconds per training step (forward, backward, SGD update) of the article's CNN on
+    Fashion-MNIST for each norm: the median over the rounds of each round's median step."""
+    limit = config.batch_size * (config.num_steps + 4)
+    X, y = load_tensors("fashion-mnist", train=True, limit=limit)
+    times: dict[str | None, list[float]] = {norm: [] for norm in config.norms}
+    for _ in range(config.rounds):
+        for norm in config.norms:
+            set_seed(config.seed)
+            model = ArticleCNN(norm=norm).to(config.device)
+            optimizer = torch.optim.SGD(
+                model.parameters(), lr=config.lr, momentum=config.sgd_momentum
+            )
+            loader = make_loader(X, y, config.batch_size, seed=config.seed)
+            seconds = seconds_per_step(model, loader, optimizer, num_steps=config.num_steps)
+            times[norm].append(seconds)
     return {norm: statistics.median(values) for norm, values in times.items()}

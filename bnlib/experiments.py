@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from bnlib.benchmark import BenchmarkConfig, StepTimeConfig, benchmark, training_step_times
 from bnlib.data import load_tensors, make_loader
 from bnlib.distributed import SyncBatchNorm, spawn
 from bnlib.models import ArticleCNN, DistributionShift, PaperMLP, scale_init
@@ -230,6 +231,7 @@ _COMPUTING_MODULES = (
     "training",
     "distributed",
     "experiments",
+    "benchmark",
 )
 
 
@@ -384,6 +386,9 @@ EXPERIMENTS = {
     DriftConfig: activation_drift,
     NoiseConfig: batch_noise,
     DDPConfig: ddp_train,
+    # measurements too: taken once per build, so both twins of a page quote the same ones
+    BenchmarkConfig: benchmark,
+    StepTimeConfig: training_step_times,
 }
 
 
@@ -405,8 +410,9 @@ def _cached(experiment):
     return memory.cache(_with_fixed_threads(experiment))
 
 
-def run(config: RunConfig | DriftConfig | NoiseConfig | DDPConfig) -> dict:
-    """Run the experiment a configuration describes, once: later calls read the disk cache."""
+def run(config):
+    """Run the experiment a configuration describes (a key of ``EXPERIMENTS``), once: later
+    calls, from this page, its twin or a later build, read the disk cache."""
     if type(config) not in EXPERIMENTS:
         raise TypeError(f"no experiment takes a {type(config).__name__}")
     return _cached(EXPERIMENTS[type(config)])(config)

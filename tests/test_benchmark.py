@@ -74,7 +74,7 @@ def test_benchmark_refuses_an_unknown_implementation():
 
 
 def test_training_step_times(fashion_mnist):
-    times = B.training_step_times(num_steps=2, rounds=1, batch_size=16)
+    times = B.training_step_times(B.StepTimeConfig(num_steps=2, rounds=1, batch_size=16))
     assert set(times) == {"torch", "bnlib"} and all(t > 0 for t in times.values())
 
 

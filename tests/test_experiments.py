@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from bnlib import experiments
+from bnlib.benchmark import BenchmarkConfig, StepTimeConfig
 from bnlib.data import load_tensors, make_loader
 from bnlib.experiments import NoiseConfig, RunConfig, run, run_all, train_run
 from bnlib.models import DistributionShift, PaperMLP, scale_init
@@ -174,3 +175,14 @@ def test_build_model_passes_every_mlp_option():
     assert after.norm_after_activation
     group = experiments.build_model(RunConfig(norm="group"))  # 100 features
     assert group.norms[0].num_groups == 4 and group(torch.randn(3, 784)).shape == (3, 10)
+
+
+def test_measurements_are_taken_once_then_read_from_the_cache(fresh_cache):
+    """Both twins of a page quote the same timings: the second run reads the first's."""
+    config = BenchmarkConfig(
+        shapes=((4, 3, 2, 2),), implementations=("fast", "native"), repeats=2, warmup=1
+    )
+    first = run(config)
+    assert run(config) == first and any(fresh_cache.rglob("output.pkl"))
+    steps = StepTimeConfig(norms=("bnlib",), num_steps=1, rounds=1, batch_size=8)
+    assert run(steps) == run(steps) and run(steps)["bnlib"] > 0
