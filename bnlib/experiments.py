@@ -311,15 +311,25 @@ def ddp_worker(rank: int, world_size: int, config: DDPConfig) -> dict:
         mean_loss = loss.detach().clone()
         torch.distributed.all_reduce(mean_loss)
         window.append(mean_loss.item() / world_size)
-        if step % config.eval_every == 0 and rank == 0:
-            X_test, y_test = load_tensors(config.dataset, train=False, limit=config.eval_test_size)
+        if step % config.eval_every == 0:
             history["step"].append(step)
             history["train_loss"].append(sum(window) / len(window))
-            history["test_accuracy"].append(evaluate(model, X_test, y_test)[1])
-            window.clear()
-        elif step % config.eval_every == 0:
+            history["test_accuracy"].append(_shared_test_accuracy(model, rank, world_size, config))
             window.clear()
     return history
+
+
+def _shared_test_accuracy(model: torch.nn.Module, rank: int, world_size: int, config) -> float:
+    """Test accuracy of process 0's model, the work split over the processes: each takes every
+    ``world_size``-th test image, with process 0's running statistics (each process updated its
+    own copy with its slice since DDP last broadcast them)."""
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer, src=0)
+    X_test, y_test = load_tensors(config.dataset, train=False, limit=config.eval_test_size)
+    mine = slice(rank, None, world_size)
+    correct = (predict(model, X_test[mine]) == y_test[mine]).sum()
+    torch.distributed.all_reduce(correct)
+    return correct.item() / len(y_test)
 
 
 def ddp_train(config: DDPConfig) -> dict:
