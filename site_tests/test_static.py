@@ -1,5 +1,6 @@
 """The built HTML, read as files: offline, bilingual, with well-formed Colab links."""
 
+import importlib.util
 import re
 
 import pytest
@@ -104,3 +105,33 @@ def test_the_link_check_sees_a_broken_link(tmp_path):
     (tmp_path / "a.html").write_text('<a href="b.html#x">ok</a> <a href="missing.html">no</a>')
     (tmp_path / "b.html").write_text('<a href="https://example.org/">elsewhere</a>')
     assert broken_links(tmp_path) == [("a.html", "missing.html")]
+
+
+PASTED = re.compile(r'<span class="pasted-text">([^<]*)</span>')
+DECIMAL_POINT = re.compile(r"\d\.\d")
+
+
+def test_glued_numbers_are_written_the_french_way_on_french_pages(site):
+    pasted = {
+        lang: [
+            text
+            for page in CHAPTER_PAGES
+            if f"/{lang}/" in page
+            for text in PASTED.findall((site / page).read_text())
+        ]
+        for lang in ("fr", "en")
+    }
+    assert [text for text in pasted["fr"] if DECIMAL_POINT.search(text)] == []
+    assert any(re.search(r"\d,\d", text) for text in pasted["fr"])
+    assert any(DECIMAL_POINT.search(text) for text in pasted["en"])  # English keeps its points
+
+
+def test_french_number_format():
+    spec = importlib.util.spec_from_file_location("bilingual", ROOT / "_ext" / "bilingual.py")
+    bilingual = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bilingual)
+    assert bilingual.french_number("12,345.6") == "12\u202f345,6"
+    assert bilingual.french_number("0.81") == "0,81" and bilingual.french_number("9.2e-14") == (
+        "9,2e-14"
+    )
+    assert bilingual.french_number("(128, 64, 24, 24)") == "(128, 64, 24, 24)"  # a tuple
