@@ -33,10 +33,10 @@ __all__ = [
     "training_step_times",
 ]
 
-Normalise = Callable[[Tensor, Tensor, Tensor], Tensor]
+Implementation = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 # Training-mode batch norm, (x, gamma, beta) -> y, eps = 1e-5, no running statistics.
-TRAINING: dict[str, Normalise] = {
+TRAINING: dict[str, Implementation] = {
     # the formula one autograd operation at a time: autograd saves what each one needs
     "naive": lambda x, g, b: fast.textbook_batch_norm(x, g, b, 1e-5)[0],
     # bnlib.functional: the readable autograd.Function
@@ -68,7 +68,9 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def saved_bytes(normalise: Normalise, x: Tensor, gamma: Tensor, beta: Tensor) -> tuple[int, Tensor]:
+def saved_bytes(
+    normalise: Implementation, x: Tensor, gamma: Tensor, beta: Tensor
+) -> tuple[int, Tensor]:
     """Bytes that one forward pass keeps for its backward pass, and its output.
 
     Counted with ``saved_tensors_hooks``: each storage once, whatever the views saved on it.
@@ -106,7 +108,7 @@ def floor_bytes(x: Tensor) -> int:
 
 
 def forward_backward_seconds(
-    normalise: Normalise, x: Tensor, gamma: Tensor, beta: Tensor, dy: Tensor
+    normalise: Implementation, x: Tensor, gamma: Tensor, beta: Tensor, dy: Tensor
 ) -> float:
     """Wall time of one forward and backward pass (gradients reset first)."""
     x.grad = gamma.grad = beta.grad = None

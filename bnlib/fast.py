@@ -12,8 +12,11 @@ the same results with the same centring (Chan, Golub and LeVeque, 1983), and sav
   in two fused passes;
 - only the centred input and three (C,) vectors are saved for the backward pass.
 
-``compiled_batch_norm`` takes the other route: ``torch.compile`` of the textbook formula, which
+``compiled_textbook()`` takes the other route: ``torch.compile`` of the textbook formula, which
 fuses its operations into a few loops (the first call per input shape pays the compilation).
+
+Either one is passed to ``functional.batch_norm(..., normalise=...)``, which does what every
+implementation shares (input checks, evaluation mode, running statistics).
 """
 
 from __future__ import annotations
@@ -25,16 +28,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from bnlib.functional import apply_batch_norm, per_channel, reduce_dims, values_per_channel
+from bnlib.functional import per_channel, reduce_dims, values_per_channel
 
 __all__ = [
     "channel_sum",
     "channel_dot",
     "FastBatchNormFunction",
-    "batch_norm",
     "textbook_batch_norm",
     "compiled_textbook",
-    "compiled_batch_norm",
 ]
 
 
@@ -92,39 +93,6 @@ class FastBatchNormFunction(torch.autograd.Function):
         return dx, dgamma, dbeta, None
 
 
-def batch_norm(
-    input: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    weight: Tensor | None = None,
-    bias: Tensor | None = None,
-    training: bool = False,
-    momentum: float = 0.1,
-    eps: float = 1e-5,
-) -> Tensor:
-    """``functional.batch_norm`` (same arguments, same results), trained through
-    ``FastBatchNormFunction``.
-
-    Example::
-
-        >>> x = torch.randn(8, 3, 4, 4)
-        >>> torch.allclose(batch_norm(x, None, None, training=True),
-        ...                torch.nn.functional.batch_norm(x, None, None, training=True), atol=1e-5)
-        True
-    """
-    return apply_batch_norm(
-        FastBatchNormFunction.apply,
-        input,
-        running_mean,
-        running_var,
-        weight,
-        bias,
-        training,
-        momentum,
-        eps,
-    )
-
-
 def textbook_batch_norm(
     x: Tensor, gamma: Tensor, beta: Tensor, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -147,31 +115,3 @@ def compiled_textbook() -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
     # Compiling for a CPU without CUDA logs a warning about CUDA_HOME that does not apply.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return torch.compile(textbook_batch_norm, dynamic=False)
-
-
-def compiled_batch_norm(
-    input: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    weight: Tensor | None = None,
-    bias: Tensor | None = None,
-    training: bool = False,
-    momentum: float = 0.1,
-    eps: float = 1e-5,
-) -> Tensor:
-    """``functional.batch_norm`` with training through ``torch.compile(textbook_batch_norm)``.
-
-    The first call for each input shape compiles (seconds to tens of seconds on a CPU, which
-    needs a C++ compiler); later calls run the fused code.
-    """
-    return apply_batch_norm(
-        compiled_textbook(),
-        input,
-        running_mean,
-        running_var,
-        weight,
-        bias,
-        training,
-        momentum,
-        eps,
-    )

@@ -24,7 +24,6 @@ __all__ = [
     "per_channel",
     "values_per_channel",
     "batch_norm",
-    "apply_batch_norm",
     "batch_norm_forward",
     "batch_norm_backward",
     "batch_norm_backward_staged",
@@ -272,6 +271,9 @@ def _check_input(
 # The public function
 
 
+Normalise = Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor, Tensor]]
+
+
 def batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -281,13 +283,12 @@ def batch_norm(
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    *,
+    normalise: Normalise | None = None,
 ) -> Tensor:
     r"""Batch normalization with the semantics of ``torch.nn.functional.batch_norm``.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
-
-    This is the readable reference: training goes through ``BatchNormFunction``.
-    ``bnlib.fast.batch_norm`` computes the same in fewer passes over memory.
 
     Args:
         input: shape (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W).
@@ -298,6 +299,10 @@ def batch_norm(
         training: use batch statistics (True) or the running ones (False).
         momentum: weight of the new batch in the running averages (PyTorch's convention).
         eps: added to the variance before the square root. Default: 1e-5.
+        normalise: the training-mode computation, ``(x, gamma, beta, eps) -> (y, mean, var)``.
+            Default: ``BatchNormFunction.apply``, the readable one; ``bnlib.fast`` has
+            ``FastBatchNormFunction.apply`` (fewer passes over memory) and ``compiled_textbook``.
+            Keyword only.
 
     Shape:
         output: same as input.
@@ -308,35 +313,6 @@ def batch_norm(
         >>> y = batch_norm(x, None, None, training=True)
         >>> y.mean((0, 2, 3)).abs().max() < 1e-6
         tensor(True)
-    """
-    return apply_batch_norm(
-        BatchNormFunction.apply,
-        input,
-        running_mean,
-        running_var,
-        weight,
-        bias,
-        training,
-        momentum,
-        eps,
-    )
-
-
-def apply_batch_norm(
-    normalise: Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor, Tensor]],
-    input: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    training: bool,
-    momentum: float,
-    eps: float,
-) -> Tensor:
-    """What every implementation shares around its training-mode ``normalise(x, gamma, beta,
-    eps) -> (y, mean, var)``: the input checks, evaluation mode, the running-statistics update.
-
-    Arguments as ``batch_norm``.
     """
     _check_input(input, running_mean, running_var, weight, bias, training)
     channels = input.shape[1]
@@ -349,7 +325,7 @@ def apply_batch_norm(
         shift = beta - running_mean * scale
         return torch.addcmul(per_channel(shift, input), input, per_channel(scale, input))
 
-    y, mean, var = normalise(input, gamma, beta, eps)
+    y, mean, var = (normalise or BatchNormFunction.apply)(input, gamma, beta, eps)
     if running_mean is not None and running_var is not None:
         with torch.no_grad():
             m = values_per_channel(input)

@@ -15,11 +15,12 @@ from bnlib import functional as F
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "IMPLEMENTATIONS"]
 
-# Same arguments, same results; they differ in speed and memory (see bnlib.fast).
+# The training-mode computations, for functional.batch_norm(..., normalise=...): same results,
+# different speed and memory (see bnlib.fast).
 IMPLEMENTATIONS = {
-    "fast": fast.batch_norm,  # the hand-written Function in few passes over memory
-    "reference": F.batch_norm,  # the readable one, one pass per line of the formula
-    "compiled": fast.compiled_batch_norm,  # torch.compile of the textbook formula
+    "fast": fast.FastBatchNormFunction.apply,  # the hand-written Function, few passes over memory
+    "reference": F.BatchNormFunction.apply,  # the readable one, one pass per line of the formula
+    "compiled": lambda *args: fast.compiled_textbook()(*args),  # compiled on first use
 }
 
 
@@ -116,7 +117,7 @@ class _BatchNorm(nn.Module):
         use_batch_stats = self.training or self.running_mean is None
         # Update the running estimates only while training and tracking them.
         track = not self.training or self.track_running_stats
-        return IMPLEMENTATIONS[self.implementation](
+        return F.batch_norm(
             input,
             self.running_mean if track else None,
             self.running_var if track else None,
@@ -125,6 +126,7 @@ class _BatchNorm(nn.Module):
             use_batch_stats,
             momentum,
             self.eps,
+            normalise=IMPLEMENTATIONS[self.implementation],
         )
 
 
