@@ -1,32 +1,42 @@
 """Experiments: a configuration in, a history (plain numbers) out. Nothing is drawn here.
 
-``run(config)`` trains once and caches the history on disk, keyed by the configuration and by
-the source of bnlib itself, so the French and English twins of a chapter train once per build,
-a rebuild costs seconds, and a change to the library can never serve a stale result.
+``run(config)`` trains once and caches the history on disk (``bnlib.cache``), keyed by the
+configuration, the source of bnlib and the machine's numerics, so the French and English twins of
+a chapter train once per build, a rebuild costs seconds, and a change to the library can never
+serve a stale result. ``run(Seeds(config, n))`` runs a configuration over ``n`` seeds (the
+paper's MLP all at once, as one stacked network): what a verdict about training rests on.
+Every seed is shifted by ``BNLIB_SEED_OFFSET`` (``bnlib.seeds``).
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
-import os
 import sys
 from collections.abc import Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, fields, replace
 
-import joblib
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from bnlib import cache
 from bnlib.benchmark import BenchmarkConfig, StepTimeConfig, benchmark, training_step_times
+from bnlib.cache import THREADS
 from bnlib.data import load_tensors, make_loader
 from bnlib.distributed import SyncBatchNorm, spawn
 from bnlib.models import ArticleCNN, DistributionShift, PaperMLP, scale_init
-from bnlib.training import default_device, evaluate, predict, set_seed, train_steps
+from bnlib.seeds import seed_offset, set_seed
+from bnlib.stacked import StackedMLP
+from bnlib.training import (
+    default_device,
+    evaluate,
+    evaluate_stacked,
+    predict,
+    predict_stacked,
+    stacked_batches,
+    train_stacked_steps,
+    train_steps,
+)
 
 __all__ = [
     "DriftConfig",
@@ -39,8 +49,12 @@ __all__ = [
     "DDPConfig",
     "ddp_train",
     "ddp_worker",
+    "Seeds",
+    "train_seeds",
+    "drift_seeds",
     "run",
     "run_all",
+    "THREADS",
 ]
 
 
@@ -58,6 +72,7 @@ class DriftConfig:
     unit: int = 0  # which of its sigmoids
     probe_size: int = 1000  # fixed test images on which the distribution is measured
     train_limit: int | None = 20000
+    eval_test_size: int | None = 2000  # test images of each record; the last: all of them
     seed: int = 0
 
 
@@ -65,14 +80,18 @@ def activation_drift(config: DriftConfig) -> dict:
     """Train the paper's MLP and record, every ``record_every`` steps, the 15th, 50th and 85th
     percentiles of one sigmoid's input over a fixed probe batch, plus the test accuracy.
 
+    The accuracy of each record is measured on the first ``eval_test_size`` test images, that
+    of the last record (step ``num_steps``) on the whole test set.
+
     Returns:
         ``{"config": dict, "step": [...], "percentiles": [[p15, p50, p85], ...],
         "layer_mean": [...], "layer_std": [...], "test_accuracy": [...]}``
     """
     set_seed(config.seed)
     X, y = load_tensors(config.dataset, train=True, limit=config.train_limit)
-    X_test, y_test = load_tensors(config.dataset, train=False)
-    probe = X_test[: config.probe_size]
+    X_all, y_all = load_tensors(config.dataset, train=False)
+    X_test, y_test = X_all[: config.eval_test_size], y_all[: config.eval_test_size]
+    probe = X_all[: config.probe_size]
     model = PaperMLP(norm=config.norm)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     quantiles = torch.tensor([0.15, 0.50, 0.85])
@@ -89,7 +108,10 @@ def activation_drift(config: DriftConfig) -> dict:
         history["percentiles"].append(torch.quantile(z[:, config.unit], quantiles).tolist())
         history["layer_mean"].append(z.mean().item())
         history["layer_std"].append(z.std().item())
-        history["test_accuracy"].append(evaluate(model, X_test, y_test)[1])
+        final = step == config.num_steps
+        history["test_accuracy"].append(
+            evaluate(model, *((X_all, y_all) if final else (X_test, y_test)))[1]
+        )
 
     record(0, model, None)
     loader = make_loader(X, y, config.batch_size, seed=config.seed)
@@ -120,8 +142,8 @@ class RunConfig:
     sgd_momentum: float = 0.0  # 0: plain SGD
     num_steps: int = 1000
     eval_every: int = 50
-    eval_train_size: int = 5000  # training images on which training accuracy is measured
-    eval_test_size: int | None = None  # test images measured at each record; None: all
+    eval_train_size: int = 1000  # training images on which training accuracy is measured
+    eval_test_size: int | None = 2000  # test images of each record (None: all); the last: all
     seed: int = 0
     keep_state: bool = False  # return the trained weights too, under "state_dict"
     predict_test: bool = False  # return the predicted classes of the whole test set too
@@ -159,11 +181,13 @@ def train_run(config: RunConfig) -> dict:
         ``predict_test``, both cached with the rest. Training runs on the GPU when there is one.
         ``train_loss`` is the mean loss of the mini-batches since the previous record, as
         training computes it (None at step 0);
-        the accuracies are measured in eval mode. A run whose loss becomes infinite or NaN stops
-        there with ``diverged=True``.
+        the accuracies are measured in eval mode, on the first ``eval_test_size`` test images,
+        except at the last record (step ``num_steps``): on the whole test set. A run whose loss
+        becomes infinite or NaN stops there with ``diverged=True``.
     """
     X, y = load_tensors(config.dataset, train=True, limit=config.train_limit)
-    X_test, y_test = load_tensors(config.dataset, train=False, limit=config.eval_test_size)
+    X_all, y_all = load_tensors(config.dataset, train=False)
+    X_test, y_test = X_all[: config.eval_test_size], y_all[: config.eval_test_size]
     X_seen, y_seen = X[: config.eval_train_size], y[: config.eval_train_size]
     model = build_model(config)
     device = default_device()
@@ -174,7 +198,9 @@ def train_run(config: RunConfig) -> dict:
     window: list[float] = []
 
     def record(step: int) -> None:
-        test_loss, test_accuracy = evaluate(model, X_test, y_test)
+        final = step == config.num_steps
+        test_set = (X_all, y_all) if final else (X_test, y_test)
+        test_loss, test_accuracy = evaluate(model, *test_set)
         history["step"].append(step)
         history["train_loss"].append(sum(window) / len(window) if window else None)
         history["test_loss"].append(test_loss)
@@ -204,7 +230,7 @@ def train_run(config: RunConfig) -> dict:
     if config.keep_state:
         history["state_dict"] = {k: v.cpu() for k, v in model.state_dict().items()}
     if config.predict_test:
-        history["test_predictions"] = predict(model, load_tensors(config.dataset, False)[0])
+        history["test_predictions"] = predict(model, X_all)
     return {"config": asdict(config), **history}
 
 
@@ -215,55 +241,6 @@ def trained_model(history: dict) -> torch.nn.Module:
     model = build_model(RunConfig(**history["config"]))
     model.load_state_dict(history["state_dict"])
     return model.eval()
-
-
-# ----------------------------------------------------------------------------------------------
-# The cache
-
-
-# The modules whose code decides what an experiment computes (not how figures look).
-_COMPUTING_MODULES = (
-    "functional",
-    "fast",
-    "modules",
-    "models",
-    "data",
-    "training",
-    "distributed",
-    "experiments",
-    "benchmark",
-)
-
-
-def _source_fingerprint() -> str:
-    """A hash of the code experiments run: results of another version are never reused."""
-    digest = hashlib.sha256()
-    for name in _COMPUTING_MODULES:
-        digest.update((Path(__file__).parent / f"{name}.py").read_bytes())
-    return digest.hexdigest()[:16]
-
-
-@contextmanager
-def _threads(count: int):
-    """Run with ``count`` CPU threads: the order of floating-point sums depends on the thread
-    count, and a run at the edge of stability can diverge with one and not the other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def cache_dir() -> Path:
-    """``$BNLIB_CACHE``; else ``_build/bnlib-cache`` in the book's checkout (``make clean`` empties
-    it); else ``~/.cache/bnlib``."""
-    if os.environ.get("BNLIB_CACHE"):
-        return Path(os.environ["BNLIB_CACHE"])
-    checkout = Path(__file__).resolve().parents[1]
-    if (checkout / "_config.yml").is_file():
-        return checkout / "_build" / "bnlib-cache"
-    return Path.home() / ".cache" / "bnlib"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,46 +366,184 @@ def batch_noise(config: NoiseConfig) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# The cache
+# Several seeds
 
-EXPERIMENTS = {
+
+def _seed_histories(configs: Sequence) -> list[dict]:
+    """An empty ``train_run`` history for each seed's configuration."""
+    empty = {k: [] for k in ("step", "train_loss", "test_loss", "test_accuracy", "train_accuracy")}
+    return [{"config": asdict(c), **copy.deepcopy(empty), "diverged": False} for c in configs]
+
+
+def train_seeds(config: RunConfig, seeds: Sequence[int]) -> list[dict]:
+    """``train_run`` for each of ``seeds``, the paper's MLP trained once for all of them as a
+    ``StackedMLP``: the same histories (to float rounding) at a fraction of the cost.
+
+    Each seed has its own initial weights and mini-batches (those of ``train_run`` with that
+    seed). Dropout masks and shifting noise are drawn for all seeds at once, so they differ from
+    a separate run's, with the same distribution.
+    """
+    if config.model != "mlp":
+        raise ValueError(f"only the MLP trains stacked, got model={config.model!r}: use train_run")
+    configs = [replace(config, seed=s) for s in seeds]
+    X, y = load_tensors(config.dataset, train=True, limit=config.train_limit)
+    X_all, y_all = load_tensors(config.dataset, train=False)
+    X_test, y_test = X_all[: config.eval_test_size], y_all[: config.eval_test_size]
+    X_seen, y_seen = X[: config.eval_train_size], y[: config.eval_train_size]
+    device = default_device()
+    model = StackedMLP([build_model(c) for c in configs]).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.sgd_momentum)
+    histories = _seed_histories(configs)
+    windows: list[list[float]] = [[] for _ in seeds]
+    alive = [True] * len(seeds)
+
+    def record(step: int) -> None:
+        final = step == config.num_steps
+        test_loss, test_acc = evaluate_stacked(
+            model, *((X_all, y_all) if final else (X_test, y_test))
+        )
+        _, seen_acc = evaluate_stacked(model, X_seen, y_seen)
+        for s, history in enumerate(histories):
+            if not alive[s]:
+                continue
+            history["step"].append(step)
+            history["train_loss"].append(sum(windows[s]) / len(windows[s]) if windows[s] else None)
+            history["test_loss"].append(test_loss[s])
+            history["test_accuracy"].append(test_acc[s])
+            history["train_accuracy"].append(seen_acc[s])
+            windows[s].clear()
+
+    def on_step(step: int, _model, losses, still) -> None:
+        for s, (loss, ok) in enumerate(zip(losses.tolist(), still.tolist(), strict=True)):
+            alive[s] = ok
+            if ok:
+                windows[s].append(loss)
+        if step % config.eval_every == 0:
+            record(step)
+
+    record(0)
+    batches = stacked_batches([make_loader(X, y, config.batch_size, seed=c.seed) for c in configs])
+    diverged = train_stacked_steps(model, batches, optimizer, config.num_steps, on_step=on_step)
+    predictions = predict_stacked(model, X_all) if config.predict_test else None
+    for s, history in enumerate(histories):
+        history["diverged"] = diverged[s]
+        if config.keep_state:
+            history["state_dict"] = {k: v.cpu() for k, v in model.unstack(s).items()}
+        if predictions is not None:
+            history["test_predictions"] = predictions[s]
+    return histories
+
+
+def drift_seeds(config: DriftConfig, seeds: Sequence[int]) -> list[dict]:
+    """``activation_drift`` for each of ``seeds``, trained once for all as a ``StackedMLP``."""
+    configs = [replace(config, seed=s) for s in seeds]
+    X, y = load_tensors(config.dataset, train=True, limit=config.train_limit)
+    X_all, y_all = load_tensors(config.dataset, train=False)
+    X_test, y_test = X_all[: config.eval_test_size], y_all[: config.eval_test_size]
+    probe = X_all[: config.probe_size]
+    models = []
+    for c in configs:
+        set_seed(c.seed)
+        models.append(PaperMLP(norm=config.norm))
+    model = StackedMLP(models)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    quantiles = torch.tensor([0.15, 0.50, 0.85])
+    keys = ("step", "percentiles", "layer_mean", "layer_std", "test_accuracy")
+    histories = [{"config": asdict(c), **{k: [] for k in keys}} for c in configs]
+
+    def record(step, model, *_):
+        if step % config.record_every and step != 0:
+            return
+        with torch.no_grad():  # as activation_drift: training mode, on a copy
+            z = copy.deepcopy(model).pre_activations(probe)[config.layer]  # (S, probe, hidden)
+        final = step == config.num_steps
+        accuracy = evaluate_stacked(model, *((X_all, y_all) if final else (X_test, y_test)))[1]
+        for s, history in enumerate(histories):
+            history["step"].append(step)
+            history["percentiles"].append(torch.quantile(z[s, :, config.unit], quantiles).tolist())
+            history["layer_mean"].append(z[s].mean().item())
+            history["layer_std"].append(z[s].std().item())
+            history["test_accuracy"].append(accuracy[s])
+
+    record(0, model)
+    batches = stacked_batches([make_loader(X, y, config.batch_size, seed=c.seed) for c in configs])
+    train_stacked_steps(model, batches, optimizer, config.num_steps, on_step=record)
+    return histories
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """A configuration run over ``n`` seeds: ``config.seed``, ``config.seed + 1``, ...
+
+    ``run(Seeds(config, n))`` returns one history per seed, in seed order. Every seed shares
+    the others' settings, so two ``Seeds`` that differ in one setting are paired arms: seed k of
+    one starts from the same initial weights and sees the same mini-batches as seed k of the
+    other (``bnlib.stats.paired`` compares them seed by seed).
+    """
+
+    config: RunConfig | DriftConfig | NoiseConfig | DDPConfig
+    n: int = 10
+
+    def __post_init__(self) -> None:
+        if self.n < 2:
+            raise ValueError(f"Seeds needs n >= 2 to measure a spread, got n={self.n}")
+        if type(self.config) not in _ONE_RUN:
+            raise TypeError(f"no experiment takes a {type(self.config).__name__} over seeds")
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.config.seed + i for i in range(self.n)]
+
+
+def run_seeds(experiment: Seeds) -> list[dict]:
+    """The histories of ``experiment.config`` over its seeds; the paper's MLP runs stacked."""
+    config, seeds = experiment.config, experiment.seeds
+    if isinstance(config, RunConfig) and config.model == "mlp":
+        return train_seeds(config, seeds)
+    if isinstance(config, DriftConfig):
+        return drift_seeds(config, seeds)
+    return [_ONE_RUN[type(config)](replace(config, seed=s)) for s in seeds]
+
+
+# ----------------------------------------------------------------------------------------------
+# Running an experiment, through the cache
+
+_ONE_RUN = {
     RunConfig: train_run,
     DriftConfig: activation_drift,
     NoiseConfig: batch_noise,
     DDPConfig: ddp_train,
+}
+
+EXPERIMENTS = {
+    **_ONE_RUN,
+    Seeds: run_seeds,
     # measurements too: taken once per build, so both twins of a page quote the same ones
     BenchmarkConfig: benchmark,
     StepTimeConfig: training_step_times,
 }
 
 
-THREADS = 2  # every cached experiment runs with this many CPU threads, whatever the machine
-
-
-def _with_fixed_threads(experiment):
-    @functools.wraps(experiment)
-    def wrapped(config):
-        with _threads(THREADS):
-            return experiment(config)
-
-    return wrapped
-
-
-@functools.cache
-def _cached(experiment):
-    memory = joblib.Memory(cache_dir() / _source_fingerprint(), verbose=0)
-    return memory.cache(_with_fixed_threads(experiment))
+def with_seed_offset(config):
+    """``config`` with its seed shifted by ``BNLIB_SEED_OFFSET`` (a ``Seeds``: its
+    configuration's); a configuration without a seed (a benchmark) as it is."""
+    if isinstance(config, Seeds):
+        return replace(config, config=with_seed_offset(config.config))
+    if "seed" in {f.name for f in fields(config)}:
+        return replace(config, seed=config.seed + seed_offset())
+    return config
 
 
 def run(config):
     """Run the experiment a configuration describes (a key of ``EXPERIMENTS``), once: later
-    calls, from this page, its twin or a later build, read the disk cache."""
+    calls, from this page, its twin or a later build, read the disk cache. Its seeds are
+    shifted by ``BNLIB_SEED_OFFSET`` first: the history's ``config`` holds the seed it ran."""
     if type(config) not in EXPERIMENTS:
         raise TypeError(f"no experiment takes a {type(config).__name__}")
-    return _cached(EXPERIMENTS[type(config)])(config)
+    return cache.cached(EXPERIMENTS[type(config)])(with_seed_offset(config))
 
 
-def run_all(configs: Sequence, desc: str = "runs", progress: bool = True) -> list[dict]:
+def run_all(configs: Sequence, desc: str = "runs", progress: bool = True) -> list:
     """``run`` on each configuration in turn, with a text progress bar (no notebook widget)."""
     bar = tqdm(configs, desc=desc, file=sys.stderr, ascii=True, disable=not progress, ncols=80)
     return [run(config) for config in bar]

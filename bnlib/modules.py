@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from bnlib import fast
 from bnlib import functional as F
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "IMPLEMENTATIONS"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "IMPLEMENTATIONS", "is_batch_norm"]
 
 # The training-mode computations, for functional.batch_norm(..., normalise=...): same results,
 # different speed and memory (see bnlib.fast).
@@ -192,3 +192,9 @@ class BatchNorm3d(_BatchNorm):
     """
 
     _accepted_dims = (5,)
+
+
+def is_batch_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is a batch norm layer, PyTorch's (``BatchNorm*d``, ``SyncBatchNorm``)
+    or bnlib's."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm | _BatchNorm)

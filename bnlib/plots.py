@@ -47,25 +47,71 @@ def number(value: float, lang: str = "en") -> str:
     return text.replace(".", ",") if lang == "fr" else text
 
 
-def plot_activation_drift(without_bn: dict, with_bn: dict, lang: str = "en") -> Figure:
-    """Three panels from two ``activation_drift`` histories: the sigmoid input's percentiles
-    without and with batch norm (same vertical scale), and test accuracy against steps."""
+def _seeds(runs: dict | list) -> list[dict]:
+    """One history, or the histories of several seeds, as a list."""
+    return runs if isinstance(runs, list) else [runs]
+
+
+def _mean_and_range(histories: list[dict], key: str, scale: float = 1.0):
+    """Steps, and at each step the mean, min and max of ``key`` over the seeds that reached it
+    (a diverged seed stops early)."""
+    longest = max(histories, key=lambda h: len(h["step"]))
+    steps, mean, low, high = [], [], [], []
+    for i, step in enumerate(longest["step"]):
+        values = [scale * h[key][i] for h in histories if len(h[key]) > i and h[key][i] is not None]
+        if values:
+            steps.append(step)
+            mean.append(sum(values) / len(values))
+            low.append(min(values))
+            high.append(max(values))
+    return steps, mean, low, high
+
+
+def _plot_seeds(ax, histories: list[dict], key: str, colour, label: str, scale: float = 1.0):
+    """The mean over seeds as a line, the range of the seeds as a band, each seed faint."""
+    steps, mean, low, high = _mean_and_range(histories, key, scale)
+    if len(histories) > 1:
+        ax.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
+        for h in histories:
+            pairs = [
+                (s, scale * v) for s, v in zip(h["step"], h[key], strict=True) if v is not None
+            ]
+            ax.plot(*zip(*pairs, strict=True), color=colour, alpha=0.25, linewidth=0.6)
+    ax.plot(steps, mean, color=colour, label=label)
+    for h in histories:
+        if h.get("diverged"):
+            ax.plot(h["step"][-1], scale * h[key][-1], "x", ms=8, color=colour)
+
+
+def plot_activation_drift(
+    without_bn: dict | list, with_bn: dict | list, lang: str = "en"
+) -> Figure:
+    """Three panels from ``activation_drift`` histories (one, or one per seed): the sigmoid
+    input's percentiles without and with batch norm (same vertical scale; over seeds, the mean of
+    each percentile), and test accuracy against steps (over seeds: the mean, the seeds' range as
+    a band)."""
     t = labels(lang)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), layout="constrained")
-    runs = {"without_bn": without_bn, "with_bn": with_bn}
-    for ax, (key, history) in zip(axes[:2], runs.items(), strict=True):
-        p15, p50, p85 = zip(*history["percentiles"], strict=True)
-        ax.fill_between(history["step"], p15, p85, color=COLOURS[key], alpha=0.3, linewidth=0)
-        ax.plot(history["step"], p50, color=COLOURS[key])
+    runs = {"without_bn": _seeds(without_bn), "with_bn": _seeds(with_bn)}
+    bounds = []
+    for ax, (key, histories) in zip(axes[:2], runs.items(), strict=True):
+        steps = histories[0]["step"]
+        p15, p50, p85 = (
+            [
+                sum(h["percentiles"][i][q] for h in histories) / len(histories)
+                for i in range(len(steps))
+            ]
+            for q in range(3)
+        )
+        ax.fill_between(steps, p15, p85, color=COLOURS[key], alpha=0.3, linewidth=0)
+        ax.plot(steps, p50, color=COLOURS[key])
         ax.set(title=t[key], xlabel=t["step"], ylabel=t["sigmoid_input"])
-    low = min(p15 for h in runs.values() for p15, _, _ in h["percentiles"])
-    high = max(p85 for h in runs.values() for _, _, p85 in h["percentiles"])
+        bounds += [min(p15), max(p85)]
     for ax in axes[:2]:
-        ax.set_ylim(low - 0.2, high + 0.2)
+        ax.set_ylim(min(bounds) - 0.2, max(bounds) + 0.2)
         ax.yaxis.label.set_size("small")
-    for key, history in runs.items():
-        accuracy = [100 * a for a in history["test_accuracy"]]
-        axes[2].plot(history["step"], accuracy, color=COLOURS[key], label=t[key])
+    for key, histories in runs.items():
+        _plot_seeds(axes[2], histories, "test_accuracy", COLOURS[key], t[key], scale=100)
     axes[2].set(xlabel=t["step"], ylabel=t["test_accuracy"])
     axes[2].legend(loc="lower right")
     return fig
@@ -136,23 +182,20 @@ def draw_batch_norm_diagram(lang: str = "en") -> Figure:
     return fig
 
 
-def plot_training_curves(runs: dict[str, dict], lang: str = "en") -> Figure:
-    """Training loss and test accuracy against steps, one line per run.
+def plot_training_curves(runs: dict[str, dict | list[dict]], lang: str = "en") -> Figure:
+    """Training loss and test accuracy against steps, one line per family of runs.
 
     ``runs`` maps a label key of ``LABELS`` (``"without_bn"``, ``"with_bn"``, ...) to a
-    ``train_run`` history; a diverged run ends where it diverged, marked with a cross.
+    ``train_run`` history, or to the histories of several seeds: then the line is their mean, the
+    band their range, each seed a faint line. A diverged run ends where it diverged, marked with
+    a cross.
     """
     t = labels(lang)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
-    for key, history in runs.items():
-        steps = history["step"]
-        style = {"color": COLOURS.get(key), "label": t[key]}
-        ax_loss.plot(steps[1:], history["train_loss"][1:], **style)
-        ax_acc.plot(steps, [100 * a for a in history["test_accuracy"]], **style)
-        if history["diverged"]:
-            ax_acc.plot(
-                steps[-1], 100 * history["test_accuracy"][-1], "x", ms=10, color=style["color"]
-            )
+    for key, family in runs.items():
+        histories = _seeds(family)
+        _plot_seeds(ax_loss, histories, "train_loss", COLOURS.get(key), t[key])
+        _plot_seeds(ax_acc, histories, "test_accuracy", COLOURS.get(key), t[key], scale=100)
     ax_loss.set(xlabel=t["step"], ylabel=t["train_loss"], yscale="log")
     ax_acc.set(xlabel=t["step"], ylabel=t["accuracy"] + " — " + t["test"])
     ax_acc.legend(loc="lower right")
@@ -164,23 +207,38 @@ def plot_sweep(
 ) -> Figure:
     """Final test accuracy against a swept setting (log scale), one line per family of runs.
 
-    ``runs`` maps a label key to the histories of the sweep, in the order of ``values``;
-    diverged runs are drawn as crosses at their last accuracy.
+    ``runs`` maps a label key to the histories of the sweep, in the order of ``values``: one
+    history per value, or a list of seeds' histories per value. Over seeds, the line joins the
+    means of the seeds that did not diverge, each seed is a faint dot, and a value at which any
+    seed diverged gets a cross (at the mean of the diverged seeds' last accuracy).
     """
     t = labels(lang)
     fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
-    for key, histories in runs.items():
-        final = [100 * h["test_accuracy"][-1] for h in histories]
-        ax.plot(values, final, "o-", color=COLOURS.get(key), label=t[key])
-        crosses = [
-            (v, f) for v, f, h in zip(values, final, histories, strict=True) if h["diverged"]
-        ]
+    for key, per_value in runs.items():
+        colour = COLOURS.get(key)
+        line, crosses = [], []
+        for v, family in zip(values, per_value, strict=True):
+            histories = _seeds(family)
+            kept = [100 * h["test_accuracy"][-1] for h in histories if not h["diverged"]]
+            lost = [100 * h["test_accuracy"][-1] for h in histories if h["diverged"]]
+            if kept:
+                line.append((v, sum(kept) / len(kept)))
+                if len(histories) > 1:
+                    ax.plot([v] * len(kept), kept, ".", color=colour, alpha=0.35)
+            if lost:
+                crosses.append((v, sum(lost) / len(lost)))
+        if line:
+            ax.plot(*zip(*line, strict=True), "o-", color=colour, label=t[key])
+        else:  # every run diverged: the legend still names the family
+            ax.plot([], [], "o-", color=colour, label=t[key])
         if crosses:
-            ax.plot(*zip(*crosses, strict=True), "x", ms=12, mew=2, color=COLOURS.get(key))
+            ax.plot(*zip(*crosses, strict=True), "x", ms=12, mew=2, color=colour)
     ax.set(xscale="log", xlabel=t[xlabel], ylabel=t["final_test_accuracy"], ylim=(0, 100))
     ax.minorticks_off()  # one tick per swept value, written in the page's language
     ax.set_xticks(values, [number(v, lang) for v in values])
-    any_diverged = any(h["diverged"] for histories in runs.values() for h in histories)
+    any_diverged = any(
+        h["diverged"] for per_value in runs.values() for f in per_value for h in _seeds(f)
+    )
     # below the axes, so no point is hidden
     ax.legend(
         title=f"x: {t['diverged']}" if any_diverged else None,
@@ -192,19 +250,35 @@ def plot_sweep(
     return fig
 
 
-def plot_generalisation(runs: dict[str, dict], lang: str = "en") -> Figure:
-    """Final training and test accuracy side by side for each run: the gap is overfitting."""
+def plot_generalisation(runs: dict[str, dict | list[dict]], lang: str = "en") -> Figure:
+    """Final training and test accuracy side by side for each run: the gap is overfitting.
+    Over seeds, each bar is the mean, with the seeds' range as an error bar."""
     t = labels(lang)
     fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
     keys = list(runs)
     width = 0.38
+    lows = []
     for offset, (split, colour) in zip(
         (-width / 2, width / 2), (("train", "#bbbbbb"), ("test", "#555555")), strict=True
     ):
-        values = [100 * runs[k][f"{split}_accuracy"][-1] for k in keys]
-        ax.bar([i + offset for i in range(len(keys))], values, width, color=colour, label=t[split])
+        finals = [[100 * h[f"{split}_accuracy"][-1] for h in _seeds(runs[k])] for k in keys]
+        means = [sum(f) / len(f) for f in finals]
+        errors = [
+            [m - min(f) for m, f in zip(means, finals, strict=True)],
+            [max(f) - m for m, f in zip(means, finals, strict=True)],
+        ]
+        ax.bar(
+            [i + offset for i in range(len(keys))],
+            means,
+            width,
+            color=colour,
+            label=t[split],
+            yerr=errors if max(len(f) for f in finals) > 1 else None,
+            capsize=3,
+        )
+        lows += [min(f) for f in finals]
     ax.set_xticks(range(len(keys)), [t[k] for k in keys], rotation=15)
-    low = min(100 * runs[k]["test_accuracy"][-1] for k in keys)
+    low = min(lows)
     ax.set(ylabel=t["accuracy"], ylim=(max(0, low - 10), 100.5))
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, frameon=False)
     return fig

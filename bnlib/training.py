@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import random
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnlib.modules import _BatchNorm
+from bnlib.modules import is_batch_norm
+from bnlib.seeds import set_seed
 
 __all__ = [
     "set_seed",
@@ -23,13 +23,11 @@ __all__ = [
     "seconds_per_step",
     "seconds_per_forward",
     "recalibrate",
+    "stacked_batches",
+    "train_stacked_steps",
+    "evaluate_stacked",
+    "predict_stacked",
 ]
-
-
-def set_seed(seed: int) -> None:
-    """Seed Python's and PyTorch's generators, so a run can be repeated exactly."""
-    random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def default_device() -> torch.device:
@@ -166,9 +164,7 @@ def recalibrate(
     during the pass so the statistics are those the network sees at inference. Returns the model,
     in eval mode.
     """
-    norms = [
-        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm | _BatchNorm)
-    ]
+    norms = [m for m in model.modules() if is_batch_norm(m)]
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
@@ -184,3 +180,108 @@ def recalibrate(
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# Several seeds at once (bnlib.stacked): the same loops, with a seed dimension in front
+
+
+def stacked_batches(loaders: Sequence[Iterable[tuple[Tensor, Tensor]]]) -> Iterator:
+    """One mini-batch of each seed's loader at every step, stacked: (S, N, ...) inputs and
+    (S, N) labels. A loader that runs out is restarted (a new epoch, as ``train_run``'s loop
+    restarts its one loader), so the iterator never ends.
+
+    Raises:
+        ValueError: a loader yields no batch at all (the loop would never get a step).
+    """
+    iterators = [iter(loader) for loader in loaders]
+    while True:
+        xs, ys = [], []
+        for i, loader in enumerate(loaders):
+            batch = next(iterators[i], None)
+            if batch is None:  # the end of an epoch: the next one
+                iterators[i] = iter(loader)
+                batch = next(iterators[i], None)
+                if batch is None:
+                    raise ValueError(
+                        f"loader {i} yields no mini-batch: is it empty, or smaller than one "
+                        "batch with drop_last=True?"
+                    )
+            xs.append(batch[0])
+            ys.append(batch[1])
+        yield torch.stack(xs), torch.stack(ys)
+
+
+def train_stacked_steps(
+    model: nn.Module,
+    batches: Iterator[tuple[Tensor, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    num_steps: int,
+    on_step: Callable[[int, nn.Module, Tensor, Tensor], None] | None = None,
+) -> list[bool]:
+    """``num_steps`` steps of a stacked model (``bnlib.stacked.StackedMLP``): each seed's mean
+    negative log-likelihood over its own mini-batch, summed, so each seed's weights get their
+    own gradient. A seed whose loss becomes infinite or NaN diverges there: from that step on it
+    takes no part in the loss, as a separate run would have stopped.
+
+    Args:
+        batches: (S, N, ...) inputs and (S, N) labels at each step (``stacked_batches``).
+        on_step: called as ``on_step(step, model, losses, alive)`` after each step, with the
+            (S,) losses of that step and the (S,) mask of the seeds still training.
+
+    Returns:
+        Whether each seed diverged.
+    """
+    device = next(model.parameters()).device
+    alive = torch.ones(model.num_seeds, dtype=torch.bool)
+    model.train()
+    for step in range(1, num_steps + 1):
+        xb, yb = next(batches)
+        optimizer.zero_grad(set_to_none=True)
+        log_probs = model(xb.to(device))  # (S, N, 10)
+        losses = F.nll_loss(log_probs.flatten(0, 1), yb.to(device).flatten(), reduction="none")
+        losses = losses.view(model.num_seeds, -1).mean(1)  # (S,) each seed's own mean
+        alive &= torch.isfinite(losses.detach()).cpu()
+        if not alive.any():
+            break
+        losses[alive.to(device)].sum().backward()
+        optimizer.step()
+        if on_step is not None:
+            on_step(step, model, losses.detach().cpu(), alive.clone())
+    return (~alive).tolist()
+
+
+@torch.no_grad()
+def evaluate_stacked(
+    model: nn.Module, X: Tensor, y: Tensor, batch_size: int = 1000
+) -> tuple[list[float], list[float]]:
+    """``evaluate`` for every seed of a stacked model on the same (X, y), in eval mode: the
+    mean negative log-likelihood and the accuracy of each seed, two lists of S numbers."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loss = torch.zeros(model.num_seeds, dtype=torch.float64)
+    correct = torch.zeros(model.num_seeds, dtype=torch.long)
+    for start in range(0, len(X), batch_size):
+        xb, yb = X[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
+        log_probs = model(xb)  # (S, n, 10): the same images for every seed
+        target = yb.expand(model.num_seeds, -1)
+        nll = F.nll_loss(log_probs.flatten(0, 1), target.flatten(), reduction="none")
+        loss += nll.view(model.num_seeds, -1).sum(1).double().cpu()
+        correct += (log_probs.argmax(-1) == target).sum(1).cpu()
+    model.train(was_training)
+    return (loss / len(X)).tolist(), (correct.double() / len(X)).tolist()
+
+
+@torch.no_grad()
+def predict_stacked(model: nn.Module, X: Tensor, batch_size: int = 1000) -> Tensor:
+    """Predicted classes of every seed of a stacked model, (S, N), in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    chunks = [
+        model(X[i : i + batch_size].to(device)).argmax(-1).cpu()
+        for i in range(0, len(X), batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(chunks, dim=1)

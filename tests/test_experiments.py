@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnlib import experiments
+from bnlib import cache, experiments
 from bnlib.benchmark import BenchmarkConfig, StepTimeConfig
 from bnlib.data import load_tensors, make_loader
 from bnlib.experiments import NoiseConfig, RunConfig, run, run_all, train_run
@@ -17,9 +17,7 @@ TINY = RunConfig(norm="bnlib", train_limit=600, num_steps=20, eval_every=10, eva
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("BNLIB_CACHE", str(tmp_path))
-    experiments._cached.cache_clear()
     yield tmp_path
-    experiments._cached.cache_clear()
 
 
 def test_history_shape_and_reproducibility():
@@ -38,12 +36,11 @@ def test_divergence_stops_the_run():
 
 
 def test_cache_serves_the_same_numbers_and_a_fresh_cache_recomputes_them(fresh_cache):
-    cached_call = experiments._cached(experiments.train_run)
+    cached_call = cache.cached(experiments.train_run)
     assert not cached_call.check_call_in_cache(TINY)
     first = run(TINY)
     assert cached_call.check_call_in_cache(TINY)
     assert run(TINY) == first
-    experiments._cached.cache_clear()
     for path in fresh_cache.rglob("*"):
         if path.is_file():
             path.unlink()
@@ -97,9 +94,8 @@ def test_kept_weights_rebuild_the_trained_model():
     history = train_run(RunConfig(**config))
     model = experiments.trained_model(history)
     assert not model.training
-    X, y = load_tensors("fashion-mnist", train=False, limit=500)
-    assert evaluate(model, X, y)[1] == history["test_accuracy"][-1]
-    X_all, _ = load_tensors("fashion-mnist", train=False)
+    X_all, y_all = load_tensors("fashion-mnist", train=False)  # the last record: all of them
+    assert evaluate(model, X_all, y_all)[1] == history["test_accuracy"][-1]
     assert torch.equal(history["test_predictions"], predict(model, X_all))  # the whole test set
     assert "test_predictions" not in train_run(TINY)
     with pytest.raises(ValueError, match="keep_state=True"):
