@@ -2,6 +2,8 @@
 
 Every number is a measurement of this run on this machine; compare implementations through
 their ratios to PyTorch's native kernel, measured in the same run, interleaved, never across runs.
+An implementation the machine cannot run (``torch.compile`` without a working compiler) is
+recorded as unavailable, with the reason, and the others are measured all the same.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "saved_bytes",
     "copy_bandwidth",
     "floor_bytes",
+    "unavailable_reason",
     "benchmark",
     "forward_backward_seconds",
     "format_table",
@@ -119,6 +122,31 @@ def forward_backward_seconds(
     return time.perf_counter() - start
 
 
+def unavailable_reason(error: Exception) -> str:
+    """Why an implementation cannot run here, in one line: the exception's type and the first
+    line of its message; for a compiler's failure, the type and first line of the error the
+    compiler met (``BackendCompilerFailed`` wraps it)."""
+    inner = getattr(error, "inner_exception", None)
+    message = str(error if inner is None else inner)
+    first_line = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    parts = [type(error).__name__, type(inner).__name__ if inner is not None else "", first_line]
+    text = ": ".join(part for part in parts if part)
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def _first_call(normalise: Implementation, tensors: tuple[Tensor, ...]) -> float | str:
+    """Seconds of the first forward + backward (compilation included), or, when a compiler
+    fails on it, the reason (``unavailable_reason``). Any other error is raised."""
+    try:
+        return forward_backward_seconds(normalise, *tensors)
+    except RuntimeError as error:
+        from torch._dynamo.exc import BackendCompilerFailed  # already imported by compiling
+
+        if not isinstance(error, BackendCompilerFailed):
+            raise
+        return unavailable_reason(error)
+
+
 def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> list[dict]:
     """Forward + backward time and saved memory of each implementation, for each shape.
 
@@ -126,7 +154,10 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> list[dict]:
     hits them alike. Returns one row per (shape, implementation) with ``ms`` (median),
     ``time_ratio`` and ``memory_ratio`` to ``native``, ``saved_bytes``, and the shape's
     ``floor_ms`` (floor bytes at the measured copy bandwidth); ``first_call_s`` is the first
-    forward + backward, which includes compilation for ``compiled``.
+    forward + backward, which includes compilation for ``compiled``. ``available`` is False
+    when the machine's compiler failed on the implementation (``torch.compile`` raised
+    ``BackendCompilerFailed``): ``reason`` then says why (the exception's type and first
+    line) and its measurements are NaN; the other implementations are measured as usual.
     """
     unknown = set(config.implementations) - set(TRAINING)
     if unknown:
@@ -145,36 +176,43 @@ def _measure(shape: tuple[int, ...], config: BenchmarkConfig, generator) -> list
         torch.zeros(shape[1], **factory, requires_grad=True),  # beta
         dy,
     )
-    names = config.implementations
-    first_call = {name: forward_backward_seconds(TRAINING[name], *tensors) for name in names}
+    first_call = {name: _first_call(TRAINING[name], tensors) for name in config.implementations}
+    reasons = {name: value for name, value in first_call.items() if isinstance(value, str)}
+    names = [name for name in config.implementations if name not in reasons]
     times: dict[str, list[float]] = {name: [] for name in names}
     for repeat in range(config.warmup - 1 + config.repeats):
         for name in names:
             seconds = forward_backward_seconds(TRAINING[name], *tensors)
             if repeat >= config.warmup - 1:
                 times[name].append(seconds)
-    floor_ms = 1000 * floor_bytes(x) / copy_bandwidth(x.detach())
+    floor = {
+        "floor_ms": 1000 * floor_bytes(x) / copy_bandwidth(x.detach()),
+        "floor_bytes": floor_bytes(x),
+    }
+    nan = float("nan")
     rows = [
         {
             "shape": tuple(shape),
             "implementation": name,
-            "ms": 1000 * statistics.median(times[name]),
-            "first_call_s": first_call[name],
-            "saved_bytes": saved_bytes(TRAINING[name], *tensors[:3])[0],
-            "floor_ms": floor_ms,
-            "floor_bytes": floor_bytes(x),
+            "available": name not in reasons,
+            "reason": reasons.get(name),
+            "ms": nan if name in reasons else 1000 * statistics.median(times[name]),
+            "first_call_s": nan if name in reasons else first_call[name],
+            "saved_bytes": nan if name in reasons else saved_bytes(TRAINING[name], *tensors[:3])[0],
+            **floor,
         }
-        for name in names
+        for name in config.implementations
     ]
-    native = next((row for row in rows if row["implementation"] == "native"), None)
+    native = next((r for r in rows if r["implementation"] == "native" and r["available"]), None)
     for row in rows:
-        row["time_ratio"] = row["ms"] / native["ms"] if native else float("nan")
-        row["memory_ratio"] = row["saved_bytes"] / native["saved_bytes"] if native else float("nan")
+        row["time_ratio"] = row["ms"] / native["ms"] if native else nan
+        row["memory_ratio"] = row["saved_bytes"] / native["saved_bytes"] if native else nan
     return rows
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    """The rows of ``benchmark`` as a plain-text table, one block per shape."""
+    """The rows of ``benchmark`` as a plain-text table, one block per shape; an unavailable
+    implementation's line gives its reason."""
     lines = []
     header = (
         f"{'implementation':<14}{'fwd+bwd ms':>12}{'x native':>10}{'saved MiB':>11}{'x native':>10}"
@@ -188,6 +226,9 @@ def format_table(rows: Sequence[dict]) -> str:
         )
         lines.append(header)
         for row in block:
+            if not row["available"]:
+                lines.append(f"{row['implementation']:<14}unavailable here: {row['reason']}")
+                continue
             lines.append(
                 f"{row['implementation']:<14}{row['ms']:>12.3f}{row['time_ratio']:>10.2f}"
                 f"{row['saved_bytes'] / 2**20:>11.2f}{row['memory_ratio']:>10.2f}"

@@ -4,6 +4,7 @@ Timings are printed, never asserted; memory saved for backward is deterministic,
 """
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -64,8 +65,74 @@ def test_benchmark_rows_and_table():
     assert all(r["time_ratio"] == 1.0 and r["memory_ratio"] == 1.0 for r in native)
     assert all(r["ms"] > 0 and r["floor_ms"] > 0 for r in rows)
     assert rows[0]["floor_bytes"] == 5 * 8 * 4 * 5 * 5 * 4  # five float32 tensors of x's size
+    assert all(r["available"] and r["reason"] is None for r in rows)
     table = B.format_table(rows)
     assert "shape (8, 4, 5, 5): floor" in table and table.count("fast ") == 2
+
+
+def failing_compiler(error: Exception):
+    """A stand-in for ``fast.compiled_textbook`` on a machine whose compiler fails: the
+    compiled function raises ``error`` on its first call, as torch.compile does."""
+
+    def compiled(*args):
+        raise error
+
+    return lambda: compiled
+
+
+def compiler_failure(message: str) -> Exception:
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    return BackendCompilerFailed(torch.compile, RuntimeError(message), None)
+
+
+def test_benchmark_records_a_compiler_failure_and_measures_the_rest(monkeypatch):
+    """Where torch.compile fails, the compiled rows say why; the others are measured."""
+    error = compiler_failure("no working C++ compiler\nthe command that failed")
+    monkeypatch.setattr(B.fast, "compiled_textbook", failing_compiler(error))
+    config = B.BenchmarkConfig(
+        shapes=((8, 4, 5, 5), (16, 4)),
+        implementations=("fast", "compiled", "native"),
+        repeats=2,
+        warmup=1,
+    )
+    rows = B.benchmark(config)
+    assert [(r["shape"], r["implementation"]) for r in rows] == [
+        (shape, name) for shape in config.shapes for name in config.implementations
+    ]
+    compiled = [r for r in rows if r["implementation"] == "compiled"]
+    reason = "BackendCompilerFailed: RuntimeError: no working C++ compiler"
+    assert all(not r["available"] and r["reason"] == reason for r in compiled)
+    for key in ("ms", "first_call_s", "saved_bytes", "time_ratio", "memory_ratio"):
+        assert all(math.isnan(r[key]) for r in compiled)
+    others = [r for r in rows if r["implementation"] != "compiled"]
+    assert all(r["available"] and r["reason"] is None and r["ms"] > 0 for r in others)
+    assert all(r["saved_bytes"] > 0 and r["floor_ms"] > 0 for r in others)
+    native = [r for r in rows if r["implementation"] == "native"]
+    assert all(r["time_ratio"] == 1.0 and r["memory_ratio"] == 1.0 for r in native)
+    table = B.format_table(rows)
+    assert table.count(f"compiled      unavailable here: {reason}") == 2
+    assert table.count("\nfast ") == 2 and table.count("\nnative ") == 2
+
+
+def test_benchmark_raises_an_error_that_is_not_the_compilers(monkeypatch):
+    """Only a compiler's failure makes an implementation unavailable; a bug still raises."""
+    monkeypatch.setattr(B.fast, "compiled_textbook", failing_compiler(RuntimeError("a bug")))
+    config = B.BenchmarkConfig(shapes=((8, 4),), implementations=("compiled",), repeats=1)
+    with pytest.raises(RuntimeError, match="a bug"):
+        B.benchmark(config)
+
+
+def test_unavailable_reason_is_the_type_and_first_line():
+    from torch._inductor.exc import InductorError
+
+    inductor = InductorError(OSError("No working C++ compiler found\n  g++: not found"), None)
+    assert B.unavailable_reason(inductor) == "InductorError: OSError: No working C++ compiler found"
+    assert B.unavailable_reason(compiler_failure("")) == "BackendCompilerFailed: RuntimeError"
+    assert (
+        B.unavailable_reason(ValueError("\n  second line first")) == "ValueError: second line first"
+    )
+    assert len(B.unavailable_reason(compiler_failure("x" * 500))) == 200
 
 
 def test_benchmark_refuses_an_unknown_implementation():
