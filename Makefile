@@ -1,5 +1,6 @@
 # Two entry points: `make book` builds the website, `make test` runs every check.
 # Both set up the environment first (.venv, created once and reused) and the data.
+# `make robustness` re-executes every chapter with other seeds and other CPU kernels (CI runs it).
 
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 BUILD_FLAGS := -W -n --keep-going
 NOTEBOOKS := chapters
 
-.PHONY: setup data book test lint unit notebooks build-strict site bench serve clean
+.PHONY: setup data book test lint unit notebooks build-strict site robustness bench serve clean
 
 setup: $(INSTALLED) data
 
@@ -56,6 +57,17 @@ site: build-strict
 	$(BIN)/python -m pytest site_tests
 
 test: lint unit notebooks build-strict site
+
+# The verdicts are not the luck of one draw, nor of one machine: every chapter again, every assert
+# checked, with every seed shifted (BNLIB_SEED_OFFSET), a fresh experiment cache, and PyTorch's
+# generic CPU kernels instead of this CPU's (other rounding, as on another machine).
+ROBUST_OFFSET ?= 1000
+ROBUST_KERNELS ?= default
+ROBUST_CACHE := $(CURDIR)/_build/robustness-cache
+robustness: setup
+	rm -rf $(ROBUST_CACHE)
+	BNLIB_SEED_OFFSET=$(ROBUST_OFFSET) BNLIB_CACHE=$(ROBUST_CACHE) \
+	  ATEN_CPU_CAPABILITY=$(ROBUST_KERNELS) $(BIN)/python -m pytest --nbval-lax $(NOTEBOOKS)
 
 # Batch norm implementations side by side (time, memory saved for backward), then the CNN.
 bench: setup

@@ -57,6 +57,10 @@ LABELS = {
         "activation": "nonlinearity\n(ReLU, sigmoid)",
         "next": "next\nlayer",
         "running": "running averages of $\\mu_B$ and $\\sigma_B^2$\n(used instead in eval mode)",
+        "seed_final": "final test accuracy of each seed (%)",
+        "seed_difference": "with minus without batch norm\n(points, each seed)",
+        "mean_interval": "mean and 95% interval",
+        "seed": "seed",
     },
     "fr": {
         "step": "pas d'entraînement",
@@ -113,6 +117,10 @@ LABELS = {
             "moyennes glissantes de $\\mu_B$ et $\\sigma_B^2$\n"
             "(utilisées à leur place en évaluation)"
         ),
+        "seed_final": "exactitude finale de chaque graine (%)",
+        "seed_difference": "avec moins sans normalisation\n(points, par graine)",
+        "mean_interval": "moyenne et intervalle à 95 %",
+        "seed": "graine",
     },
 }
 

@@ -10,6 +10,7 @@ from matplotlib.patches import FancyBboxPatch
 from torch import Tensor
 
 from bnlib.labels import CLASS_NAMES, LABELS, labels
+from bnlib.stats import Interval
 
 __all__ = [
     "LABELS",
@@ -22,6 +23,7 @@ __all__ = [
     "plot_benchmark",
     "plot_confusion_matrix",
     "plot_misclassified",
+    "plot_seed_spread",
 ]
 
 # Colours that stay distinct on light and dark backgrounds (the figure keeps a white face).
@@ -355,4 +357,45 @@ def plot_misclassified(
         )
     for ax in axes:
         ax.axis("off")
+    return fig
+
+
+def plot_seed_spread(arms: dict[str, Interval], difference: Interval, lang: str = "en") -> Figure:
+    """Left: each seed's final accuracy in two arms that share their seeds (a thin line joins a
+    seed's two runs), with each arm's mean and 95 % interval. Right: each seed's difference
+    between the arms, with its mean and 95 % interval, and zero."""
+    t = labels(lang)
+    fig, (ax_arms, ax_diff) = plt.subplots(
+        1, 2, figsize=(10, 3.8), layout="constrained", width_ratios=(2, 1)
+    )
+    keys = list(arms)
+    for a, b in zip(*(arms[k].values for k in keys), strict=True):
+        ax_arms.plot([0, 1], [a, b], color="#bbbbbb", linewidth=0.8, zorder=1)
+    for x, key in enumerate(keys):
+        interval = arms[key]
+        ax_arms.plot([x] * interval.n, interval.values, "o", color=COLOURS.get(key), alpha=0.6)
+        ax_arms.errorbar(
+            x + 0.12,
+            interval.mean,
+            yerr=[[interval.mean - interval.low], [interval.high - interval.mean]],
+            fmt="s",
+            color="#333333",
+            capsize=4,
+        )
+    ax_arms.set_xticks(range(len(keys)), [t[k] for k in keys])
+    ax_arms.set(xlim=(-0.4, len(keys) - 0.6), ylabel=t["seed_final"])
+    jitter = [0.04 * ((i % 5) - 2) for i in range(difference.n)]
+    ax_diff.plot(jitter, difference.values, "o", color=COLOURS["with_bn"], alpha=0.6)
+    ax_diff.errorbar(
+        0.3,
+        difference.mean,
+        yerr=[[difference.mean - difference.low], [difference.high - difference.mean]],
+        fmt="s",
+        color="#333333",
+        capsize=4,
+        label=t["mean_interval"],
+    )
+    ax_diff.axhline(0, color="#555555", linestyle="--", linewidth=1)
+    ax_diff.set(xlim=(-0.3, 0.6), xticks=[], ylabel=t["seed_difference"])
+    ax_diff.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     return fig

@@ -1,0 +1,138 @@
+"""bnlib.stacked: S seeds trained as one network give the histories of S separate runs."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from bnlib.data import load_tensors
+from bnlib.experiments import (
+    DriftConfig,
+    RunConfig,
+    Seeds,
+    activation_drift,
+    build_model,
+    drift_seeds,
+    run_seeds,
+    train_run,
+    train_seeds,
+    trained_model,
+)
+from bnlib.stacked import StackedMLP
+from bnlib.training import evaluate, evaluate_stacked, stacked_batches
+
+SMALL = dict(train_limit=1200, num_steps=40, eval_every=20, eval_train_size=200, eval_test_size=500)
+
+
+def assert_same_histories(stacked, separate, tol):
+    assert stacked["step"] == separate["step"] and stacked["diverged"] == separate["diverged"]
+    assert stacked["config"] == separate["config"]
+    for key in ("train_loss", "test_loss", "test_accuracy", "train_accuracy"):
+        for a, b in zip(stacked[key], separate[key], strict=True):
+            assert (a is None and b is None) or abs(a - b) <= tol, (key, a, b)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        RunConfig(norm="bnlib", activation="relu", sgd_momentum=0.9, **SMALL),
+        RunConfig(norm="torch", norm_after_activation=True, init_gain=2.0, **SMALL),
+        RunConfig(norm="layer", depth=2, **SMALL),
+        RunConfig(norm="group", activation="relu", **SMALL),
+        RunConfig(norm=None, **SMALL),
+    ],
+    ids=["bnlib-momentum", "torch-after-activation", "layer", "group", "none"],
+)
+def test_stacked_seeds_train_as_separate_runs(config):
+    seeds = [3, 4]
+    for s, stacked in zip(seeds, train_seeds(config, seeds), strict=True):
+        # float32, 40 steps: only the order of the sums differs (bmm against mm)
+        assert_same_histories(stacked, train_run(replace(config, seed=s)), tol=1e-3)
+
+
+def test_a_seed_that_diverges_stops_alone_as_its_separate_run_does():
+    config = RunConfig(norm=None, activation="relu", lr=3.0, **SMALL)
+    histories = train_seeds(config, [0, 1])
+    for s, stacked in enumerate(histories):
+        assert_same_histories(stacked, train_run(replace(config, seed=s)), tol=1e-3)
+    mixed = train_seeds(replace(config, norm="bnlib", lr=1.0), [0, 1])  # batch norm: no divergence
+    assert not any(h["diverged"] for h in mixed)
+
+
+def test_kept_weights_and_predictions_are_each_seeds_own():
+    config = RunConfig(norm="bnlib", keep_state=True, predict_test=True, **SMALL)
+    histories = train_seeds(config, [0, 1])
+    X, y = load_tensors("fashion-mnist", train=False)
+    for history in histories:
+        model = trained_model(history)  # a PaperMLP rebuilt from seed s's weights
+        assert evaluate(model, X, y)[1] == pytest.approx(history["test_accuracy"][-1], abs=1e-12)
+        assert (model(X).argmax(1) == history["test_predictions"]).float().mean() == 1
+    assert not torch.equal(histories[0]["test_predictions"], histories[1]["test_predictions"])
+
+
+def test_unstack_returns_the_models_it_was_built_from():
+    models = [build_model(RunConfig(norm="bnlib", seed=s)) for s in (0, 1)]
+    stacked = StackedMLP(models)
+    X = torch.randn(16, 1, 28, 28)
+    out = stacked.eval()(X)  # (S, N, 10)
+    for s, model in enumerate(models):
+        assert stacked.unstack(s).keys() == model.state_dict().keys()
+        for key, value in model.state_dict().items():
+            assert torch.equal(stacked.unstack(s)[key], value), key
+        torch.testing.assert_close(out[s], model.eval()(X))
+    loss, accuracy = evaluate_stacked(stacked, X, torch.zeros(16, dtype=torch.long))
+    assert len(loss) == len(accuracy) == 2
+
+
+def test_drift_over_seeds_matches_separate_drift_runs():
+    config = DriftConfig(norm="bnlib", num_steps=40, record_every=20, probe_size=200)
+    for s, stacked in zip((0, 1), drift_seeds(config, [0, 1]), strict=True):
+        separate = activation_drift(replace(config, seed=s))
+        assert stacked["step"] == separate["step"]
+        torch.testing.assert_close(
+            torch.tensor(stacked["percentiles"]),
+            torch.tensor(separate["percentiles"]),
+            atol=1e-4,
+            rtol=0,
+        )
+        torch.testing.assert_close(
+            torch.tensor(stacked["test_accuracy"]),
+            torch.tensor(separate["test_accuracy"]),
+            atol=1e-3,
+            rtol=0,
+        )
+
+
+def test_seeds_runs_the_cnn_one_seed_after_another():
+    config = RunConfig(
+        model="cnn",
+        norm="bnlib",
+        train_limit=256,
+        batch_size=32,
+        num_steps=4,
+        eval_every=2,
+        eval_train_size=64,
+        eval_test_size=64,
+    )
+    histories = run_seeds(Seeds(config, n=2))
+    assert [h["config"]["seed"] for h in histories] == [0, 1]
+    assert histories[1] == train_run(replace(config, seed=1))
+
+
+def test_seeds_refuses_a_single_seed_and_unknown_configurations():
+    with pytest.raises(ValueError, match="n >= 2"):
+        Seeds(RunConfig(), n=1)
+    with pytest.raises(TypeError, match="no experiment takes a dict over seeds"):
+        Seeds({"lr": 0.1})
+    with pytest.raises(ValueError, match="only the MLP trains stacked"):
+        train_seeds(RunConfig(model="cnn"), [0, 1])
+
+
+def test_stacked_batches_restart_each_loader_and_refuse_an_empty_one():
+    a = [(torch.full((2, 3), float(i)), torch.full((2,), i)) for i in range(2)]
+    b = [(torch.full((2, 3), 10.0 + i), torch.full((2,), 10 + i)) for i in range(3)]
+    batches = stacked_batches([a, b])
+    firsts = [next(batches)[1][:, 0].tolist() for _ in range(4)]
+    assert firsts == [[0, 10], [1, 11], [0, 12], [1, 10]]  # each restarts at its own epoch end
+    with pytest.raises(ValueError, match="loader 1 yields no mini-batch"):
+        next(stacked_batches([a, []]))
