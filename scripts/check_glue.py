@@ -41,7 +41,8 @@ def check(path: Path) -> bool:
     notebook = nbformat.read(path, as_version=4)
     start = time.perf_counter()
     try:
-        NotebookClient(notebook, timeout=1800, resources={"metadata": {"path": path.parent}}).execute()
+        resources = {"metadata": {"path": path.parent}}
+        NotebookClient(notebook, timeout=1800, resources=resources).execute()
     except CellExecutionError as error:
         print(f"{path}: a cell raised after {time.perf_counter() - start:.0f} s\n{error}")
         return False
