@@ -265,10 +265,11 @@ class DDPConfig:
     seed: int = 0
 
 
-def ddp_worker(rank: int, world_size: int, config: DDPConfig) -> dict:
+def ddp_worker(rank: int, world_size: int, config: DDPConfig, data=None) -> dict:
     """One process of data-parallel training (``ddp_train``, or a script under ``torchrun``): its
-    slice of every global mini-batch, the same model. The process group must be initialised."""
-    X, y = load_tensors(config.dataset, train=True, limit=config.train_limit)
+    slice of every global mini-batch, the same model. The process group must be initialised.
+    ``data``: the training tensors ``(X, y)``, when already loaded."""
+    X, y = data or load_tensors(config.dataset, train=True, limit=config.train_limit)
     model = build_model(RunConfig(model=config.model, norm="bnlib", seed=config.seed))
     if config.sync:
         model = SyncBatchNorm.convert_sync_batchnorm(model)
@@ -319,6 +320,22 @@ def ddp_train(config: DDPConfig) -> dict:
     """
     history = spawn(ddp_worker, config.world_size, config)[0]
     return {"config": asdict(config), **history}
+
+
+def ddp_seeds_worker(rank: int, world_size: int, config: DDPConfig, seeds: list[int]) -> list:
+    """``ddp_worker`` for each seed in turn, in the same processes and on the same data."""
+    data = load_tensors(config.dataset, train=True, limit=config.train_limit)
+    return [ddp_worker(rank, world_size, replace(config, seed=s), data) for s in seeds]
+
+
+def ddp_train_seeds(config: DDPConfig, seeds: Sequence[int]) -> list[dict]:
+    """``ddp_train`` with each seed, the processes started once for all of them: the same
+    histories as one ``ddp_train`` per seed, without paying the start-up (seconds) each time."""
+    histories = spawn(ddp_seeds_worker, config.world_size, config, list(seeds))[0]
+    return [
+        {"config": asdict(replace(config, seed=s)), **history}
+        for s, history in zip(seeds, histories, strict=True)
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -502,6 +519,8 @@ def run_seeds(experiment: Seeds) -> list[dict]:
         return train_seeds(config, seeds)
     if isinstance(config, DriftConfig):
         return drift_seeds(config, seeds)
+    if isinstance(config, DDPConfig):
+        return ddp_train_seeds(config, seeds)  # the processes start once for all the seeds
     return [_ONE_RUN[type(config)](replace(config, seed=s)) for s in seeds]
 
 

@@ -135,6 +135,31 @@ def test_ddp_with_sync_batch_norm_trains_like_one_process_on_the_whole_batch():
     assert local["train_loss"] != pytest.approx(losses, abs=1e-3)  # per-process statistics differ
 
 
+def test_ddp_seeds_in_one_set_of_processes_equal_one_run_per_seed():
+    """Every seed trained in turn in the same processes gets the history of its own run (the
+    CNN: its dropout draws from the global generator, which each seed must start afresh)."""
+    from dataclasses import replace
+
+    from bnlib.experiments import DDPConfig, ddp_train, ddp_train_seeds
+
+    config = DDPConfig(
+        sync=True,
+        model="cnn",
+        per_process_batch=3,
+        num_steps=4,
+        eval_every=2,
+        train_limit=300,
+        eval_test_size=100,
+        lr=0.1,
+        seed=5,
+    )
+    together = ddp_train_seeds(config, [5, 6])
+    apart = [ddp_train(replace(config, seed=s)) for s in (5, 6)]
+    assert together == apart
+    assert [h["config"]["seed"] for h in together] == [5, 6]
+    assert together[0]["train_loss"] != together[1]["train_loss"]  # the seeds differ
+
+
 def test_torchrun_script(tmp_path):
     import subprocess
     import sys
