@@ -52,6 +52,7 @@ __all__ = [
     "Seeds",
     "train_seeds",
     "drift_seeds",
+    "ddp_train_seeds",
     "run",
     "run_all",
     "THREADS",
@@ -143,7 +144,8 @@ class RunConfig:
     num_steps: int = 1000
     eval_every: int = 50
     eval_train_size: int = 1000  # training images on which training accuracy is measured
-    eval_test_size: int | None = 2000  # test images of each record (None: all); the last: all
+    eval_test_size: int | None = 2000  # test images of each record (None: all)...
+    final_test_size: int | None = None  # ...but the last one's (None: the whole test set)
     seed: int = 0
     keep_state: bool = False  # return the trained weights too, under "state_dict"
     predict_test: bool = False  # return the predicted classes of the whole test set too
@@ -182,11 +184,12 @@ def train_run(config: RunConfig) -> dict:
         ``train_loss`` is the mean loss of the mini-batches since the previous record, as
         training computes it (None at step 0);
         the accuracies are measured in eval mode, on the first ``eval_test_size`` test images,
-        except at the last record (step ``num_steps``): on the whole test set. A run whose loss
+        except at the last record (step ``num_steps``): on the first ``final_test_size``, by
+        default the whole test set (so are the predictions of ``predict_test``). A run whose loss
         becomes infinite or NaN stops there with ``diverged=True``.
     """
     X, y = load_tensors(config.dataset, train=True, limit=config.train_limit)
-    X_all, y_all = load_tensors(config.dataset, train=False)
+    X_all, y_all = load_tensors(config.dataset, train=False, limit=config.final_test_size)
     X_test, y_test = X_all[: config.eval_test_size], y_all[: config.eval_test_size]
     X_seen, y_seen = X[: config.eval_train_size], y[: config.eval_train_size]
     model = build_model(config)
@@ -404,7 +407,7 @@ def train_seeds(config: RunConfig, seeds: Sequence[int]) -> list[dict]:
         raise ValueError(f"only the MLP trains stacked, got model={config.model!r}: use train_run")
     configs = [replace(config, seed=s) for s in seeds]
     X, y = load_tensors(config.dataset, train=True, limit=config.train_limit)
-    X_all, y_all = load_tensors(config.dataset, train=False)
+    X_all, y_all = load_tensors(config.dataset, train=False, limit=config.final_test_size)
     X_test, y_test = X_all[: config.eval_test_size], y_all[: config.eval_test_size]
     X_seen, y_seen = X[: config.eval_train_size], y[: config.eval_train_size]
     device = default_device()
