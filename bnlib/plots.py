@@ -78,10 +78,11 @@ def _plot_seeds(ax, histories: list[dict], key: str, colour, label: str, scale: 
             pairs = [
                 (s, scale * v) for s, v in zip(h["step"], h[key], strict=True) if v is not None
             ]
-            ax.plot(*zip(*pairs, strict=True), color=colour, alpha=0.25, linewidth=0.6)
+            if pairs:  # a seed that diverged before its first window has no training loss
+                ax.plot(*zip(*pairs, strict=True), color=colour, alpha=0.25, linewidth=0.6)
     ax.plot(steps, mean, color=colour, label=label)
     for h in histories:
-        if h.get("diverged"):
+        if h.get("diverged") and h[key] and h[key][-1] is not None:
             ax.plot(h["step"][-1], scale * h[key][-1], "x", ms=8, color=colour)
 
 

@@ -18,6 +18,8 @@ __all__ = ["glue_interval", "glue_values"]
 def _glue(name: str, value) -> None:
     from myst_nb import glue  # imported here: bnlib works without the book's tools
 
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()  # a NumPy or PyTorch scalar: its plain number, so formats apply
     glue(name, value, display=False)
 
 

@@ -131,3 +131,34 @@ def test_benchmark_plot_is_labelled_in_the_page_language(lang):
         ax.get_xlabel() == t["fwd_bwd_ms"]
         and ax.get_legend().get_texts()[0].get_text() == (t["memory_floor"])
     )
+
+
+def test_training_curves_over_seeds_with_a_seed_that_diverged_at_once():
+    import matplotlib.pyplot as plt
+
+    from bnlib import plots
+
+    kept = {"step": [0, 50], "train_loss": [None, 0.5], "test_accuracy": [0.1, 0.8]}
+    lost = {"step": [0], "train_loss": [None], "test_accuracy": [0.1], "diverged": True}
+    fig = plots.plot_training_curves({"with_bn": [kept | {"diverged": False}, lost]}, "en")
+    assert len(fig.axes) == 2
+    plt.close(fig)
+
+
+def test_glue_values_pass_plain_numbers_to_glue(monkeypatch):
+    import numpy as np
+
+    from bnlib import report
+
+    glued = {}
+    monkeypatch.setattr(report, "_glue", lambda name, value: glued.__setitem__(name, value))
+    report.glue_values({"a": 1})
+    assert glued == {"a": 1}
+    glued.clear()
+    monkeypatch.undo()
+    import myst_nb
+
+    calls = []
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display: calls.append(value))
+    report.glue_values({"x": np.float64(0.25), "t": torch.tensor(3)})
+    assert calls == [0.25, 3] and all(type(v) in (float, int) for v in calls)
