@@ -159,7 +159,7 @@ class PaperMLP(nn.Module):
     def _layers(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         """One pass through the hidden layers: the input of each nonlinearity, and the output."""
         act = ACTIVATIONS[self.activation]
-        x = torch.flatten(x, 1)  # (N, 784)
+        x = self._flatten(x)  # (N, 784)
         inputs = []
         for linear, norm, shift in zip(self.linears, self.norms, self.shifts, strict=True):
             if self.norm_after_activation:
@@ -170,6 +170,10 @@ class PaperMLP(nn.Module):
                 x = self.dropout(act(z))
             inputs.append(z)
         return inputs, x
+
+    @staticmethod
+    def _flatten(x: Tensor) -> Tensor:
+        return torch.flatten(x, 1)
 
     def pre_activations(self, x: Tensor) -> list[Tensor]:
         """The input of every hidden nonlinearity, layer by layer, (N, hidden) each."""

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnlib.models import ACTIVATIONS, DistributionShift, PaperMLP
+from bnlib.models import DistributionShift, PaperMLP
 from bnlib.modules import is_batch_norm
 
 __all__ = [
@@ -165,23 +165,13 @@ class StackedMLP(nn.Module):
         self.dropout = nn.Dropout(first.dropout.p)
         self.out = StackedLinear([m.out for m in models])
 
-    def _layers(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        act = ACTIVATIONS[self.activation]
-        x = x.flatten(-3) if x.dim() in (4, 5) else x  # (S, N, 784) or (N, 784)
-        inputs = []
-        for linear, norm, shift in zip(self.linears, self.norms, self.shifts, strict=True):
-            if self.norm_after_activation:
-                z = linear(x)  # (S, N, hidden)
-                x = self.dropout(shift(norm(act(z))))
-            else:
-                z = shift(norm(linear(x)))  # (S, N, hidden)
-                x = self.dropout(act(z))
-            inputs.append(z)
-        return inputs, x
+    @staticmethod
+    def _flatten(x: Tensor) -> Tensor:
+        return x.flatten(-3) if x.dim() in (4, 5) else x  # (S, N, 784) or (N, 784)
 
-    def pre_activations(self, x: Tensor) -> list[Tensor]:
-        """The input of every hidden nonlinearity, (S, N, hidden) each."""
-        return self._layers(x)[0]
+    # The same pass as PaperMLP's: every layer here takes and returns (S, N, ...) tensors.
+    _layers = PaperMLP._layers
+    pre_activations = PaperMLP.pre_activations
 
     def forward(self, x: Tensor) -> Tensor:
         return F.log_softmax(self.out(self._layers(x)[1]), dim=-1)  # (S, N, 10)
