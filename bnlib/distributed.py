@@ -6,15 +6,18 @@ as one process would on the concatenated batch, with ``torch.distributed`` colle
 with the ``gloo`` backend on CPU processes as well as with NCCL on GPUs (PyTorch's own
 ``torch.nn.SyncBatchNorm`` runs on GPUs only).
 
-Forward, per channel, the same corrected two-pass algorithm as ``functional.batch_stats``, the
-sums all-reduced::
+Forward, per channel: each process computes the count, mean and sum of squared deviations of its
+own slice (the stable two-pass of ``functional.batch_stats``), one all-gather hands every process
+all of them (in float64: a few numbers per channel), and each merges them with the pairwise
+formula of Chan, Golub and LeVeque (1983), stable too::
 
-    all-reduce [n, sum(x)]            -> shift = sum(x) / n          (a first estimate of the mean)
-    all-reduce [sum(c), sum(c ** 2)]  with c = x - shift  -> residual, variance
+    all-gather [n_p, mean_p, m2_p]    -> n = sum(n_p), mean = sum(n_p * mean_p) / n,
+                                         var = (sum(m2_p) + sum(n_p * (mean_p - mean) ** 2)) / n
 
-Backward: the two per-channel sums of the closed form, ``sum(dy)`` and ``sum(dy * x_hat)``, are
-all-reduced; the gradients of weight and bias stay local (DDP all-reduces them, as for any
-parameter).
+as PyTorch's ``SyncBatchNorm`` gathers each process's (mean, invstd, count) once. Backward: the two
+per-channel sums of the closed form, ``sum(dy)`` and ``sum(dy * x_hat)``, are all-reduced; the
+gradients of weight and bias stay local (DDP all-reduces them, as for any parameter). Two
+collectives per layer and training step, one each way.
 """
 
 from __future__ import annotations
@@ -34,12 +37,47 @@ from bnlib import functional as F
 from bnlib.convert import _twin
 from bnlib.modules import BatchNorm2d, _BatchNorm
 
-__all__ = ["SyncBatchNorm", "spawn", "free_port", "compare_with_one_process"]
+__all__ = [
+    "SyncBatchNorm",
+    "spawn",
+    "free_port",
+    "compare_with_one_process",
+    "collectives_and_stats",
+]
 
 
 def _all_reduce(t: Tensor, group) -> Tensor:
     dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return t
+
+
+def _gathered_stats(x: Tensor, group) -> tuple[Tensor, Tensor, Tensor]:
+    """The per-channel mean and biased variance of the values of every process, and their count,
+    from one all-gather of each process's (count, mean, sum of squared deviations).
+
+    The slices' statistics travel and merge in float64: a few numbers per channel, but a mean
+    rounded to float32 would lose the small differences between slices that the merge needs when
+    the mean is large next to the spread.
+    """
+    C = x.shape[1]
+    if x.numel():
+        shift, residual, _, var = F.centred_stats(x)  # stable within the slice
+        local_mean = shift.double() + residual.double()  # exact sum of the two parts
+        local_count = torch.full((1,), float(F.values_per_channel(x)), device=x.device)
+        local_m2 = var.double() * local_count.double()
+    else:  # an empty slice contributes nothing
+        local_mean = local_m2 = torch.zeros(C, dtype=torch.float64, device=x.device)
+        local_count = torch.zeros(1, device=x.device)
+    local = torch.cat([local_count.double(), local_mean, local_m2])  # (1 + 2C,)
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, local, group=group)
+    gathered = torch.stack(parts)  # (P, 1 + 2C)
+    counts, means, m2 = gathered[:, :1], gathered[:, 1 : 1 + C], gathered[:, 1 + C :]
+    count = counts.sum()
+    mean = (counts * means).sum(0) / count  # (C,)
+    spread = (counts * (means - mean) ** 2).sum(0)  # between the slices
+    var = ((m2.sum(0) + spread) / count).clamp_min(0)
+    return mean.to(x.dtype), var.to(x.dtype), count.to(x.dtype)
 
 
 class SyncBatchNormFunction(torch.autograd.Function):
@@ -51,23 +89,12 @@ class SyncBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, gamma: Tensor, beta: Tensor, eps: float, group):
-        dims = F.reduce_dims(x)
-        C = x.shape[1]
-        local_count = F.values_per_channel(x) if x.numel() else 0
-        first = torch.cat([x.new_full((1,), float(local_count)), x.sum(dims)])
-        first = _all_reduce(first, group)  # (1 + C,)
-        count = first[0]
-        shift = first[1:] / count  # (C,)
-        centred = x - F.per_channel(shift, x)
-        second = _all_reduce(torch.cat([centred.sum(dims), (centred * centred).sum(dims)]), group)
-        residual = second[:C] / count
-        var = (second[C:] / count - residual * residual).clamp_min(0)
+        mean, var, count = _gathered_stats(x, group)
         inv_std = torch.rsqrt(var + eps)
-        x_hat = (centred - F.per_channel(residual, x)) * F.per_channel(inv_std, x)
+        x_hat = (x - F.per_channel(mean, x)) * F.per_channel(inv_std, x)
         y = x_hat * F.per_channel(gamma, x) + F.per_channel(beta, x)
         ctx.save_for_backward(x_hat, inv_std, gamma, count)
         ctx.group = group
-        mean = shift + residual
         ctx.mark_non_differentiable(mean, var, count)
         return y, mean, var, count
 
@@ -280,3 +307,36 @@ def compare_with_one_process(sizes: tuple[int, ...] = (3, 5), channels: int = 3)
             gap = (r["state"][key].double() - value.double()).abs().max().item()
             diffs["running_stats"] = max(diffs["running_stats"], gap)
     return diffs
+
+
+def _counted_rank(rank: int, world_size: int, x: Tensor) -> dict:
+    """One training step of a ``SyncBatchNorm`` on this rank's slice of ``x``, counting the
+    collectives it calls; returns the counts and the layer's batch statistics."""
+    counts = {"all_gather": 0, "all_reduce": 0}
+    originals = {name: getattr(dist, name) for name in counts}
+
+    def counted(name):
+        def call(*args, **kwargs):
+            counts[name] += 1
+            return originals[name](*args, **kwargs)
+
+        return call
+
+    layer = SyncBatchNorm(x.shape[1], momentum=1.0).to(x.dtype)  # running stats := this batch's
+    piece = x.tensor_split(world_size)[rank].clone().requires_grad_()
+    try:
+        for name in counts:
+            setattr(dist, name, counted(name))
+        layer(piece).sum().backward()
+    finally:
+        for name, original in originals.items():
+            setattr(dist, name, original)
+    return {"counts": counts, "mean": layer.running_mean, "running_var": layer.running_var}
+
+
+def collectives_and_stats(x: Tensor, world_size: int = 2) -> list[dict]:
+    """A training step of one ``SyncBatchNorm`` on ``world_size`` processes, each holding a
+    slice of ``x`` (split along the batch): per rank, the number of each collective called
+    (``{"all_gather": ..., "all_reduce": ...}``), the global mean and the unbiased variance the
+    layer computed."""
+    return spawn(_counted_rank, world_size, x)

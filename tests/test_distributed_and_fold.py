@@ -10,7 +10,7 @@ from torch import nn
 from torch.testing import assert_close
 
 import bnlib
-from bnlib.distributed import SyncBatchNorm, compare_with_one_process
+from bnlib.distributed import SyncBatchNorm, collectives_and_stats, compare_with_one_process
 from bnlib.folding import fold
 from bnlib.models import ArticleCNN, PaperMLP
 
@@ -21,6 +21,18 @@ def test_sync_batch_norm_equals_batch_norm_on_the_whole_batch(sizes):
     diffs = compare_with_one_process(sizes)
     assert set(diffs) == {"output", "grad_input", "grad_parameters", "running_stats"}
     assert max(diffs.values()) < 1e-12
+
+
+def test_sync_batch_norm_calls_one_collective_each_way_and_stays_stable_in_float32():
+    """One all-gather forward, one all-reduce backward; the merge of the slices' statistics keeps
+    the digits the naive sum of x and x**2 would lose (mean 1e4, standard deviation 1e-2)."""
+    torch.manual_seed(0)
+    x = 1e4 + 1e-2 * torch.randn(16, 3, 4, 4)  # float32
+    reference = x.double().var((0, 2, 3))  # unbiased, as running_var
+    for rank in collectives_and_stats(x, world_size=2):
+        assert rank["counts"] == {"all_gather": 1, "all_reduce": 1}
+        assert_close(rank["mean"].double(), x.double().mean((0, 2, 3)), rtol=1e-7, atol=0)
+        assert_close(rank["running_var"].double(), reference, rtol=1e-3, atol=0)
 
 
 def test_single_process_sync_batch_norm_is_batch_norm():
