@@ -11,7 +11,7 @@ from torch.testing import assert_close
 
 import bnlib
 from bnlib.distributed import SyncBatchNorm, collectives_and_stats, compare_with_one_process
-from bnlib.folding import fold
+from bnlib.folding import fold, fold_into_next
 from bnlib.models import ArticleCNN, PaperMLP
 
 
@@ -106,6 +106,50 @@ def test_fold_only_what_can_be_folded():
     assert isinstance(kept.after_relu, nn.BatchNorm1d)  # it follows a ReLU, not a layer
     x = torch.randn(3, 4)
     assert_close(kept(x), shared(x))
+
+
+def _trained_eval(model, x):
+    """``model`` after a few training passes (real running statistics, moved affine), in eval."""
+    for _ in range(3):
+        model(x)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d | bnlib.BatchNorm1d):
+                m.weight.uniform_(0.5, 1.5), m.bias.normal_()
+    return model.eval()
+
+
+def test_fold_a_batch_norm_after_the_activation_into_the_next_layer():
+    torch.manual_seed(0)
+    mlp = _trained_eval(
+        PaperMLP("bnlib", activation="relu", dropout=0.2, norm_after_activation=True),
+        torch.randn(32, 784) + 1,
+    )
+    folded = fold(mlp)
+    assert not any(isinstance(m, bnlib.BatchNorm1d) for m in folded.modules())
+    x = torch.randn(5, 784)
+    assert_close(folded(x), mlp(x), rtol=1e-5, atol=1e-5)
+
+    for padding, kept in ((0, False), (1, True)):
+        net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3))
+        net[3].padding = (padding, padding)
+        net = _trained_eval(net, torch.randn(8, 2, 9, 9))
+        out = fold(net)
+        assert any(isinstance(m, nn.BatchNorm2d) for m in out.modules()) == kept
+        x = torch.randn(2, 2, 9, 9)
+        assert_close(out(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fold_into_next_says_what_cannot_be_folded():
+    bn = nn.BatchNorm2d(3).eval()
+    with pytest.raises(ValueError, match="pads its input"):
+        fold_into_next(bn, nn.Conv2d(3, 4, 3, padding=1))
+    with pytest.raises(ValueError, match="grouped convolution"):
+        fold_into_next(bn, nn.Conv2d(3, 3, 3, groups=3))
+    with pytest.raises(ValueError, match="3 channels, the layer reads 5"):
+        fold_into_next(bn, nn.Linear(5, 2))
+    with pytest.raises(ValueError, match="linear or convolution layer, got ReLU"):
+        fold_into_next(bn, nn.ReLU())
 
 
 def test_fold_needs_running_statistics():
