@@ -25,6 +25,7 @@ from bnlib.cache import THREADS
 from bnlib.data import load_tensors, make_loader
 from bnlib.distributed import SyncBatchNorm, spawn
 from bnlib.models import ArticleCNN, DistributionShift, PaperMLP, scale_init
+from bnlib.modules import is_batch_norm
 from bnlib.seeds import seed_offset, set_seed
 from bnlib.stacked import StackedMLP
 from bnlib.training import (
@@ -136,6 +137,7 @@ class RunConfig:
     dropout: float = 0.0
     shift: tuple[float, float] | None = None  # (max_shift, max_scale) of a DistributionShift
     init_gain: float | None = None  # None: PyTorch's default initialisation, else scale_init
+    bn_momentum: float | None = 0.1  # of every batch norm's running averages (None: cumulative)
     dataset: str = "fashion-mnist"
     train_limit: int | None = 20000  # the first training images used
     batch_size: int = 60
@@ -170,6 +172,9 @@ def build_model(config: RunConfig) -> torch.nn.Module:
         raise ValueError(f"model must be 'mlp' or 'cnn', got {config.model!r}")
     if config.init_gain is not None:
         scale_init(model, config.init_gain)
+    for module in model.modules():
+        if is_batch_norm(module):
+            module.momentum = config.bn_momentum
     return model
 
 

@@ -1,6 +1,7 @@
 """Execute chapter notebooks and check that every glued name their prose quotes is glued.
 
     python scripts/check_glue.py chapters/en/benefits.ipynb chapters/fr/benefits.ipynb
+    GLUE_DUMP=1 python scripts/check_glue.py chapters/en/benefits.ipynb  # and print each value
 
 Faster than the strict book build for one chapter: it reports the cell that raised, the names
 the Markdown quotes (``{glue:text}`name```, ``{glue}`name```, ``{glue:figure}`` ...) that no
@@ -9,6 +10,7 @@ code cell glued, and the execution time of each notebook. Exits 1 on any problem
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -22,14 +24,21 @@ QUOTED = re.compile(r"\{glue(?::\w+)?\}`([A-Za-z0-9_]+)")
 FIGURE = re.compile(r"```\{glue(?::figure)?\}\s+([A-Za-z0-9_]+)")
 
 
-def glued_names(notebook) -> set[str]:
-    names = set()
+def glued_values(notebook) -> dict[str, str]:
+    """Each glued name and its plain-text value."""
+    values = {}
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
             name = output.get("metadata", {}).get("scrapbook", {}).get("name")
             if name:
-                names.add(name)
-    return names
+                data = output.get("data", {})  # myst-nb keeps the value under its own mimetype
+                text = [v for k, v in data.items() if k.endswith("text/plain")]
+                values[name] = "".join(text[0]) if text else ""
+    return values
+
+
+def glued_names(notebook) -> set[str]:
+    return set(glued_values(notebook))
 
 
 def quoted_names(notebook) -> set[str]:
@@ -46,6 +55,9 @@ def check(path: Path) -> bool:
     except CellExecutionError as error:
         print(f"{path}: a cell raised after {time.perf_counter() - start:.0f} s\n{error}")
         return False
+    if os.environ.get("GLUE_DUMP"):
+        for name, value in glued_values(notebook).items():
+            print(f"  {name} = {value}")
     missing = sorted(quoted_names(notebook) - glued_names(notebook))
     print(f"{path}: executed in {time.perf_counter() - start:.1f} s", end="")
     print(f"; quoted but never glued: {missing}" if missing else "; every quoted name is glued")
