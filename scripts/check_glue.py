@@ -46,6 +46,13 @@ def quoted_names(notebook) -> set[str]:
     return set(QUOTED.findall(text)) | set(FIGURE.findall(text))
 
 
+def dump(notebook) -> None:
+    """With GLUE_DUMP set, print every value glued so far."""
+    if os.environ.get("GLUE_DUMP"):
+        for name, value in glued_values(notebook).items():
+            print(f"  {name} = {value}")
+
+
 def check(path: Path) -> bool:
     notebook = nbformat.read(path, as_version=4)
     start = time.perf_counter()
@@ -53,11 +60,10 @@ def check(path: Path) -> bool:
         resources = {"metadata": {"path": path.parent}}
         NotebookClient(notebook, timeout=1800, resources=resources).execute()
     except CellExecutionError as error:
+        dump(notebook)
         print(f"{path}: a cell raised after {time.perf_counter() - start:.0f} s\n{error}")
         return False
-    if os.environ.get("GLUE_DUMP"):
-        for name, value in glued_values(notebook).items():
-            print(f"  {name} = {value}")
+    dump(notebook)
     missing = sorted(quoted_names(notebook) - glued_names(notebook))
     print(f"{path}: executed in {time.perf_counter() - start:.1f} s", end="")
     print(f"; quoted but never glued: {missing}" if missing else "; every quoted name is glued")
