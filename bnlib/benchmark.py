@@ -28,6 +28,7 @@ __all__ = [
     "saved_bytes",
     "copy_bandwidth",
     "floor_bytes",
+    "two_pass_floor_bytes",
     "unavailable_reason",
     "benchmark",
     "forward_backward_seconds",
@@ -108,6 +109,14 @@ def floor_bytes(x: Tensor) -> int:
     """The traffic no training-mode batch norm avoids: read x, write y (forward); read the
     output gradient and x, write the input gradient (backward). Five tensors of x's size."""
     return 5 * x.nbytes
+
+
+def two_pass_floor_bytes(x: Tensor) -> int:
+    """The traffic of a batch norm that computes its statistics before normalising, on a tensor
+    larger than the cache: read x twice and write y (forward); read the output gradient and x
+    twice (its two sums, then the gradient) and write the input gradient (backward). Eight
+    tensors of x's size."""
+    return 8 * x.nbytes
 
 
 def forward_backward_seconds(
