@@ -182,3 +182,18 @@ def test_measurements_are_taken_once_then_read_from_the_cache(fresh_cache):
     assert run(config) == first and any(fresh_cache.rglob("output.pkl"))
     steps = StepTimeConfig(norms=("bnlib",), num_steps=1, rounds=1, batch_size=8)
     assert run(steps) == run(steps) and run(steps)["bnlib"] > 0
+
+
+def test_bn_momentum_changes_the_running_statistics_only():
+    """The momentum of the running averages plays no part in training-mode forward passes: the
+    same seed trains the same weights with a cumulative (None) or an exponential average."""
+    small = dict(norm="bnlib", num_steps=5, eval_every=5, eval_test_size=100, final_test_size=100)
+    cumulative = train_run(RunConfig(bn_momentum=None, keep_state=True, **small))
+    moving = train_run(RunConfig(bn_momentum=0.1, keep_state=True, **small))
+    built = experiments.build_model(RunConfig(norm="bnlib", bn_momentum=None))
+    assert all(m.momentum is None for m in built.norms)
+    for key, value in cumulative["state_dict"].items():
+        if "running" in key:
+            assert not torch.allclose(value, moving["state_dict"][key])
+        else:
+            assert torch.equal(value, moving["state_dict"][key]), key
