@@ -24,6 +24,7 @@ from bnlib.benchmark import BenchmarkConfig, StepTimeConfig, benchmark, training
 from bnlib.cache import THREADS
 from bnlib.data import load_tensors, make_loader
 from bnlib.distributed import SyncBatchNorm, spawn
+from bnlib.landscape import LandscapeConfig, landscape_seeds, loss_landscape
 from bnlib.models import ArticleCNN, DistributionShift, PaperMLP, scale_init
 from bnlib.modules import is_batch_norm
 from bnlib.seeds import seed_offset, set_seed
@@ -43,11 +44,13 @@ __all__ = [
     "DriftConfig",
     "activation_drift",
     "RunConfig",
+    "build_model",
     "train_run",
     "trained_model",
     "NoiseConfig",
     "batch_noise",
     "DDPConfig",
+    "LandscapeConfig",
     "ddp_train",
     "ddp_worker",
     "Seeds",
@@ -78,12 +81,28 @@ class DriftConfig:
     seed: int = 0
 
 
+@torch.no_grad()
+def _inference_pre_activations(model: torch.nn.Module, x: torch.Tensor, layer: int):
+    """The input of layer ``layer``'s nonlinearity for ``x``, in eval mode (running statistics,
+    which this pass leaves untouched); the model's mode is restored."""
+    was_training = model.training
+    z = model.eval().pre_activations(x)[layer]  # (N, hidden), or (S, N, hidden) stacked
+    model.train(was_training)
+    return z
+
+
 def activation_drift(config: DriftConfig) -> dict:
     """Train the paper's MLP and record, every ``record_every`` steps, the 15th, 50th and 85th
-    percentiles of one sigmoid's input over a fixed probe batch, plus the test accuracy.
+    percentiles of one sigmoid's input over a fixed probe of held-out images, plus the test
+    accuracy.
 
-    The accuracy of each record is measured on the first ``eval_test_size`` test images, that
-    of the last record (step ``num_steps``) on the whole test set.
+    The probe is the first ``probe_size`` test images (never trained on), passed through the
+    network as inference computes it (eval mode: batch norm uses its running statistics), as the
+    paper's Figure 1 measures it. So with batch norm the percentiles are not pinned to ``beta``
+    and ``gamma`` by construction, as they would be on the probe's own batch statistics: they
+    show where the running statistics and the learned parameters put held-out images. The
+    accuracy of each record is measured on the first ``eval_test_size`` test images, that of
+    the last record (step ``num_steps``) on the whole test set.
 
     Returns:
         ``{"config": dict, "step": [...], "percentiles": [[p15, p50, p85], ...],
@@ -102,10 +121,7 @@ def activation_drift(config: DriftConfig) -> dict:
     def record(step, model, _loss):
         if step % config.record_every and step != 0:
             return
-        # Measure the network as training computes it (batch statistics of the probe batch), on a
-        # copy so the probe leaves the running statistics untouched.
-        with torch.no_grad():
-            z = copy.deepcopy(model).pre_activations(probe)[config.layer]  # (probe_size, hidden)
+        z = _inference_pre_activations(model, probe, config.layer)  # (probe_size, hidden)
         history["step"].append(step)
         history["percentiles"].append(torch.quantile(z[:, config.unit], quantiles).tolist())
         history["layer_mean"].append(z.mean().item())
@@ -136,6 +152,7 @@ class RunConfig:
     depth: int = 3  # mlp only
     dropout: float = 0.0
     shift: tuple[float, float] | None = None  # (max_shift, max_scale) of a DistributionShift
+    shift_per_example: bool = False  # its noise i.i.d. per example (the paper's), else shared
     init_gain: float | None = None  # None: PyTorch's default initialisation, else scale_init
     bn_momentum: float | None = 0.1  # of every batch norm's running averages (None: cumulative)
     dataset: str = "fashion-mnist"
@@ -159,7 +176,11 @@ def build_model(config: RunConfig) -> torch.nn.Module:
     if config.model == "cnn":
         model = ArticleCNN(norm=config.norm, dropout=config.dropout)
     elif config.model == "mlp":
-        shift = DistributionShift(*config.shift) if config.shift else None
+        shift = (
+            DistributionShift(*config.shift, per_example=config.shift_per_example)
+            if config.shift
+            else None
+        )
         model = PaperMLP(
             config.norm,
             depth=config.depth,
@@ -460,7 +481,8 @@ def train_seeds(config: RunConfig, seeds: Sequence[int]) -> list[dict]:
 
 
 def drift_seeds(config: DriftConfig, seeds: Sequence[int]) -> list[dict]:
-    """``activation_drift`` for each of ``seeds``, trained once for all as a ``StackedMLP``."""
+    """``activation_drift`` for each of ``seeds``, trained once for all as a ``StackedMLP``:
+    the same histories (to float rounding), the probe measured in eval mode as there."""
     configs = [replace(config, seed=s) for s in seeds]
     X, y = load_tensors(config.dataset, train=True, limit=config.train_limit)
     X_all, y_all = load_tensors(config.dataset, train=False)
@@ -479,8 +501,7 @@ def drift_seeds(config: DriftConfig, seeds: Sequence[int]) -> list[dict]:
     def record(step, model, *_):
         if step % config.record_every and step != 0:
             return
-        with torch.no_grad():  # as activation_drift: training mode, on a copy
-            z = copy.deepcopy(model).pre_activations(probe)[config.layer]  # (S, probe, hidden)
+        z = _inference_pre_activations(model, probe, config.layer)  # (S, probe, hidden)
         final = step == config.num_steps
         accuracy = evaluate_stacked(model, *((X_all, y_all) if final else (X_test, y_test)))[1]
         for s, history in enumerate(histories):
@@ -506,7 +527,7 @@ class Seeds:
     other (``bnlib.stats.paired`` compares them seed by seed).
     """
 
-    config: RunConfig | DriftConfig | NoiseConfig | DDPConfig
+    config: RunConfig | DriftConfig | NoiseConfig | DDPConfig | LandscapeConfig
     n: int = 10
 
     def __post_init__(self) -> None:
@@ -529,6 +550,8 @@ def run_seeds(experiment: Seeds) -> list[dict]:
         return drift_seeds(config, seeds)
     if isinstance(config, DDPConfig):
         return ddp_train_seeds(config, seeds)  # the processes start once for all the seeds
+    if isinstance(config, LandscapeConfig):
+        return landscape_seeds(config, seeds)
     return [_ONE_RUN[type(config)](replace(config, seed=s)) for s in seeds]
 
 
@@ -540,6 +563,7 @@ _ONE_RUN = {
     DriftConfig: activation_drift,
     NoiseConfig: batch_noise,
     DDPConfig: ddp_train,
+    LandscapeConfig: loss_landscape,
 }
 
 EXPERIMENTS = {

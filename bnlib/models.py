@@ -82,28 +82,65 @@ class ArticleCNN(nn.Module):
 class DistributionShift(nn.Module):
     """Noise that moves a layer's distribution at every training step (Santurkar et al., 2018).
 
-    In training, each feature is multiplied by a scale drawn uniformly in [1, max_scale] and
-    shifted by an offset drawn uniformly in [-max_shift, max_shift], drawn afresh at every forward
-    pass and shared by the whole mini-batch: the next layer sees its input distribution change at
-    every step, which is exactly the "internal covariate shift" batch norm was meant to remove.
-    In evaluation it does nothing.
+    At every forward pass in training, each feature ``j`` draws this step's distribution: a
+    mean ``mu_j`` uniform in [-max_shift, max_shift] and a standard deviation ``sigma_j`` uniform
+    in [1, max_scale]. Then:
+
+    - ``per_example=True`` (the paper's intervention): every value of every example gets its own
+      independent Gaussian noise of mean ``mu_j`` and variance ``sigma_j^2 - 1`` added,
+      ``y = x + mu_j + sqrt(sigma_j^2 - 1) * n`` with ``n ~ N(0, 1)`` i.i.d. The paper states the
+      properties (i.i.d. for each activation of each example, non-zero mean, non-unit variance,
+      a distribution that changes at every step); the uniform and Gaussian laws are our choice.
+    - ``per_example=False`` (a variant of ours): one affine map per feature, shared by the whole
+      mini-batch, ``y = sigma_j * x + mu_j``.
+
+    Either way a feature of mean 0 and variance 1 (the output of batch norm with ``gamma = 1,
+    beta = 0``) comes out with mean ``mu_j`` and variance ``sigma_j^2`` at that step: the next
+    layer sees its input distribution change at every step, exactly the "internal covariate
+    shift" batch norm was meant to remove. In evaluation it does nothing.
+
+    Args:
+        max_shift: the largest mean of the noise. Default: 1.
+        max_scale: the largest standard deviation a unit-variance feature comes out with
+            (at least 1). Default: 2.
+        per_example: independent noise for every example (the paper's) instead of one affine
+            map shared by the mini-batch. Default: False.
+
+    Shape:
+        input (..., N, D), features last; output the same shape.
     """
 
-    def __init__(self, max_shift: float = 1.0, max_scale: float = 2.0) -> None:
+    def __init__(
+        self, max_shift: float = 1.0, max_scale: float = 2.0, per_example: bool = False
+    ) -> None:
         super().__init__()
+        if max_shift < 0:
+            raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+        if max_scale < 1:
+            raise ValueError(f"max_scale must be >= 1 (a standard deviation), got {max_scale}")
         self.max_shift = max_shift
         self.max_scale = max_scale
+        self.per_example = per_example
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return x
-        features = x.shape[1]
-        scale = 1 + (self.max_scale - 1) * torch.rand(features, device=x.device, dtype=x.dtype)
-        shift = self.max_shift * (2 * torch.rand(features, device=x.device, dtype=x.dtype) - 1)
-        return x * scale + shift
+        if x.dim() < 2:
+            raise ValueError(f"expected (..., N, D) input, got shape {tuple(x.shape)}")
+        # this step's distribution: one (mu, sigma) per feature (and per leading index: a seed)
+        draw = (*x.shape[:-2], 1, x.shape[-1])  # (..., 1, D)
+        rand = torch.rand(2, *draw, device=x.device, dtype=x.dtype)
+        sigma = 1 + (self.max_scale - 1) * rand[0]
+        mu = self.max_shift * (2 * rand[1] - 1)
+        if self.per_example:  # i.i.d. noise for every value of every example: (..., N, D)
+            return x + mu + (sigma**2 - 1).sqrt() * torch.randn_like(x)
+        return x * sigma + mu
 
     def extra_repr(self) -> str:
-        return f"max_shift={self.max_shift}, max_scale={self.max_scale}"
+        return (
+            f"max_shift={self.max_shift}, max_scale={self.max_scale}, "
+            f"per_example={self.per_example}"
+        )
 
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": F.relu}

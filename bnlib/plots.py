@@ -20,6 +20,7 @@ __all__ = [
     "plot_sweep",
     "plot_generalisation",
     "plot_batch_noise",
+    "plot_landscape",
     "plot_benchmark",
     "plot_confusion_matrix",
     "plot_misclassified",
@@ -32,6 +33,8 @@ COLOURS = {
     "with_bn": "#1b9e77",
     "with_noisy_bn": "#7570b3",
     "with_strong_noise": "#e7298a",
+    "with_shared_noise": "#a6761d",
+    "with_strong_shared_noise": "#666666",
     "with_dropout": "#66a61e",
     "with_bn_dropout": "#a6761d",
     "per_process_bn": "#d95f02",
@@ -284,6 +287,23 @@ def plot_generalisation(runs: dict[str, dict | list[dict]], lang: str = "en") ->
     low = min(lows)
     ax.set(ylabel=t["accuracy"], ylim=(max(0, low - 10), 100.5))
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, frameon=False)
+    return fig
+
+
+def plot_landscape(runs: dict[str, list[dict]], lang: str = "en") -> Figure:
+    """Three panels from ``bnlib.landscape`` histories (a list of seeds per family): the loss
+    variation, the gradient change and the effective beta-smoothness along the gradient,
+    against the training step (line: mean over the seeds; band: their range; faint: each)."""
+    t = labels(lang)
+    keys = ("loss_range", "grad_change", "smoothness")
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), layout="constrained")
+    for key, histories in runs.items():
+        for ax, measure in zip(axes, keys, strict=True):
+            _plot_seeds(ax, _seeds(histories), measure, COLOURS.get(key), t[key])
+    for ax, measure in zip(axes, keys, strict=True):
+        ax.set(xlabel=t["step"], ylabel=t[measure], yscale="log")
+        ax.yaxis.label.set_size("small")
+    axes[0].legend(loc="best")
     return fig
 
 

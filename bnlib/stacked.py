@@ -114,17 +114,10 @@ class StackedGroupNorm(nn.Module):
 
 
 class StackedShift(DistributionShift):
-    """``DistributionShift`` for S seeds: each seed draws its own scale and shift per feature,
-    afresh at every forward pass in training, shared by its whole mini-batch."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training:
-            return x
-        S, _, D = x.shape
-        rand = torch.rand(2, S, 1, D, device=x.device, dtype=x.dtype)
-        scale = 1 + (self.max_scale - 1) * rand[0]
-        shift = self.max_shift * (2 * rand[1] - 1)
-        return x * scale + shift
+    """``DistributionShift`` for S seeds, on (S, N, D) inputs: each seed draws its own mean and
+    standard deviation per feature, afresh at every forward pass in training, and, with
+    ``per_example``, its own noise for every example (``DistributionShift`` draws one
+    distribution per leading index, so the S seeds are S separate shifts)."""
 
 
 def _stack_norm(norms: Sequence[nn.Module]) -> nn.Module:
@@ -159,7 +152,9 @@ class StackedMLP(nn.Module):
         )
         self.norms = nn.ModuleList(_stack_norm([m.norms[i] for m in models]) for i in range(depth))
         self.shifts = nn.ModuleList(
-            StackedShift(s.max_shift, s.max_scale) if isinstance(s, DistributionShift) else s
+            StackedShift(s.max_shift, s.max_scale, s.per_example)
+            if isinstance(s, DistributionShift)
+            else s
             for s in first.shifts
         )
         self.dropout = nn.Dropout(first.dropout.p)

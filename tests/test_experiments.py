@@ -70,6 +70,52 @@ def test_distribution_shift_moves_every_step_in_training_only():
     assert torch.equal(shift.eval()(x), x)
 
 
+@pytest.mark.parametrize("per_example", [False, True])
+def test_distribution_shift_gives_each_unit_this_steps_mean_and_variance(per_example):
+    torch.manual_seed(0)
+    shift = DistributionShift(max_shift=1.0, max_scale=2.0, per_example=per_example)
+    x = torch.randn(20000, 400)  # a unit-variance layer: every unit mean 0, variance 1
+    y = shift(x)
+    mean, std = y.mean(0), y.std(0)  # (400,): this step's mu_j and sigma_j, per unit
+    assert mean.abs().max() < 1.05 and mean.abs().max() > 0.9  # mu_j uniform in [-1, 1]
+    assert std.min() > 0.97 and std.max() < 2.03  # sigma_j uniform in [1, 2]
+    assert abs(mean.mean().item()) < 0.1 and abs(std.mean().item() - 1.5) < 0.05
+    assert abs(mean.var().item() - 1 / 3) < 0.06  # the variance of U(-1, 1)
+    same = shift(torch.ones(8, 400))  # eight identical examples
+    assert torch.equal(same[0], same[1]) != per_example  # per example: each its own noise
+    if per_example:  # the noise is independent of x and of the other examples
+        noise = y - x
+        assert torch.corrcoef(torch.stack([noise[:, 0], x[:, 0]]))[0, 1].abs() < 0.03
+        assert torch.corrcoef(torch.stack([noise[:-1, 0], noise[1:, 0]]))[0, 1].abs() < 0.03
+    assert torch.equal(shift.eval()(x), x)
+    assert not torch.equal(shift.train()(x), y)  # a new distribution at every step
+
+
+def test_drift_is_measured_at_inference_so_batch_norm_starts_as_the_identity():
+    # At step 0 the running statistics are mean 0, variance 1: in eval mode batch norm leaves its
+    # input as it is, and the two networks (same initial weights) give the same percentiles.
+    config = experiments.DriftConfig(num_steps=0, probe_size=200, eval_test_size=200)
+    plain = experiments.activation_drift(config)
+    normed = experiments.activation_drift(
+        experiments.DriftConfig(**{**config.__dict__, "norm": "bnlib"})
+    )
+    torch.testing.assert_close(
+        torch.tensor(normed["percentiles"]),
+        torch.tensor(plain["percentiles"]),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_distribution_shift_refuses_bad_settings():
+    with pytest.raises(ValueError, match="max_scale must be >= 1"):
+        DistributionShift(max_scale=0.5)
+    with pytest.raises(ValueError, match="max_shift must be >= 0"):
+        DistributionShift(max_shift=-1.0)
+    with pytest.raises(ValueError, match=r"expected \(..., N, D\) input"):
+        DistributionShift()(torch.ones(3))
+
+
 def test_scale_init_sets_the_weight_scale():
     model = scale_init(PaperMLP(hidden=400), gain=3.0)
     first = model.linears[0]

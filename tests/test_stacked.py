@@ -84,6 +84,28 @@ def test_unstack_returns_the_models_it_was_built_from():
     assert len(loss) == len(accuracy) == 2
 
 
+@pytest.mark.parametrize("per_example", [False, True])
+def test_stacked_shift_draws_each_seed_the_distribution_of_a_separate_shift(per_example):
+    config = RunConfig(norm="bnlib", shift=(1.0, 2.0), shift_per_example=per_example)
+    models = [build_model(replace(config, seed=s)) for s in (0, 1, 2)]
+    stacked_shift = StackedMLP(models).shifts[0]
+    assert (
+        stacked_shift.per_example == per_example and models[0].shifts[0].per_example == per_example
+    )
+    torch.manual_seed(0)
+    x = torch.randn(3, 10000, 300)  # (S, N, D): three seeds of a unit-variance layer
+    stacked = stacked_shift.train()(x)
+    separate = torch.stack([models[s].shifts[0].train()(x[s]) for s in range(3)])
+    for y in (stacked, separate):
+        mean, std = y.mean(1), y.std(1)  # (S, D): each seed's mu_j and sigma_j
+        assert mean.abs().max() < 1.1 and std.min() > 0.95 and std.max() < 2.07
+        assert abs(std.mean().item() - 1.5) < 0.05 and abs(mean.var().item() - 1 / 3) < 0.06
+        assert not torch.allclose(mean[0], mean[1])  # each seed its own draw
+    same = stacked_shift(torch.ones(3, 4, 300))
+    assert torch.equal(same[0, 0], same[0, 1]) != per_example
+    assert torch.equal(stacked_shift.eval()(x), x)
+
+
 def test_drift_over_seeds_matches_separate_drift_runs():
     config = DriftConfig(norm="bnlib", num_steps=40, record_every=20, probe_size=200)
     for s, stacked in zip((0, 1), drift_seeds(config, [0, 1]), strict=True):
