@@ -57,9 +57,22 @@ def _affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, shift
 
 
-def _padded(layer: nn.Module) -> bool:
-    padding = getattr(layer, "padding", 0)
-    return padding == "same" or any(p != 0 for p in torch.as_tensor(padding).flatten().tolist())
+def _why_not_into(layer: nn.Module) -> str | None:
+    """Why a batch norm cannot fold into ``layer``, the layer that reads its output; None if
+    it can."""
+    if not isinstance(layer, _FOLDABLE):
+        return f"can fold into a linear or convolution layer, got {type(layer).__name__}"
+    if isinstance(layer, nn.Linear):
+        return None
+    padding = layer.padding  # "valid", "same" or a tuple of ints
+    if padding == "same" or (not isinstance(padding, str) and any(p != 0 for p in padding)):
+        return (
+            f"cannot fold a batch norm into a convolution that pads its input "
+            f"(padding={padding}): the padded zeros do not go through the batch norm"
+        )
+    if layer.groups != 1:
+        return f"cannot fold into a grouped convolution (groups={layer.groups})"
+    return None
 
 
 @torch.no_grad()
@@ -71,19 +84,9 @@ def fold_into_next(bn: nn.Module, layer: nn.Module) -> nn.Module:
         ValueError: the convolution pads its input (the padded zeros would not go through the
             batch norm), groups its channels, or the channel counts differ.
     """
-    if not isinstance(layer, _FOLDABLE):
-        raise ValueError(f"can fold into a linear or convolution layer, got {type(layer).__name__}")
-    if isinstance(layer, nn.Linear):
-        inputs = layer.in_features
-    else:
-        inputs = layer.in_channels
-        if _padded(layer):
-            raise ValueError(
-                f"cannot fold a batch norm into a convolution that pads its input "
-                f"(padding={layer.padding}): the padded zeros do not go through the batch norm"
-            )
-        if layer.groups != 1:
-            raise ValueError(f"cannot fold into a grouped convolution (groups={layer.groups})")
+    if (reason := _why_not_into(layer)) is not None:
+        raise ValueError(reason)
+    inputs = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
     scale, shift = _affine(bn)
     if scale.numel() != inputs:
         raise ValueError(f"the batch norm has {scale.numel()} channels, the layer reads {inputs}")
@@ -114,11 +117,7 @@ def _reader(node: fx.Node, modules: dict) -> fx.Node | None:
         if isinstance(module, _TRANSPARENT):
             node = user
             continue
-        if not isinstance(module, _FOLDABLE):
-            return None
-        if not isinstance(module, nn.Linear) and (_padded(module) or module.groups != 1):
-            return None
-        return user
+        return user if _why_not_into(module) is None else None
     return None
 
 

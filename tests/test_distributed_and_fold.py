@@ -130,9 +130,9 @@ def test_fold_a_batch_norm_after_the_activation_into_the_next_layer():
     x = torch.randn(5, 784)
     assert_close(folded(x), mlp(x), rtol=1e-5, atol=1e-5)
 
-    for padding, kept in ((0, False), (1, True)):
-        net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3))
-        net[3].padding = (padding, padding)
+    for padding, kept in ((0, False), ("valid", False), (1, True), ("same", True)):
+        next_conv = nn.Conv2d(3, 4, 3, padding=padding)
+        net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.BatchNorm2d(3), next_conv)
         net = _trained_eval(net, torch.randn(8, 2, 9, 9))
         out = fold(net)
         assert any(isinstance(m, nn.BatchNorm2d) for m in out.modules()) == kept
