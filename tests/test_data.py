@@ -125,21 +125,32 @@ def test_reading_the_data_does_not_import_torchvision():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.parametrize("drop_last", [True, False])
 @pytest.mark.parametrize("shuffle", [True, False])
-def test_make_loader_gives_the_batches_of_a_plain_dataloader(shuffle):
-    """Same batches, same order, same use of the generator, over two epochs."""
+def test_make_loader_gives_the_batches_of_a_plain_dataloader(shuffle, drop_last):
+    """Same batches, same order, same use of the generator, over epochs run to their end and
+    epochs left after a few batches (a training loop that stops mid-epoch)."""
     X, y = torch.randn(50, 3), torch.arange(50)
-    ours = data.make_loader(X, y, 8, shuffle=shuffle, seed=3)
+    ours = data.make_loader(X, y, 8, shuffle=shuffle, seed=3, drop_last=drop_last)
     plain = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(X, y),
         batch_size=8,
         shuffle=shuffle,
         generator=torch.Generator().manual_seed(3),
-        drop_last=True,
+        drop_last=drop_last,
     )
-    assert len(ours) == len(plain) == 6
-    for _ in range(2):
-        for (xb, yb), (xp, yp) in zip(ours, plain, strict=True):
+    assert len(ours) == len(plain) == (6 if drop_last else 7)
+    for stop in (None, 3, None, 6, 7, None):  # whole epochs, and epochs stopped after `stop`
+        for i, ((xb, yb), (xp, yp)) in enumerate(zip(ours, plain, strict=True)):
             assert torch.equal(xb, xp) and torch.equal(yb, yp)
+            if i + 1 == stop:
+                break
     kept = data.make_loader(X, y, 8, drop_last=False)
     assert [len(yb) for _, yb in kept] == [8] * 6 + [2]
+
+
+def test_make_loader_rejects_what_it_cannot_batch():
+    with pytest.raises(ValueError, match="X and y differ in length: 5 images, 4 labels"):
+        data.make_loader(torch.randn(5, 3), torch.arange(4), 2)
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        data.make_loader(torch.randn(5, 3), torch.arange(5), 0)
