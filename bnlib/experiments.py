@@ -35,6 +35,7 @@ from bnlib.training import (
     evaluate_stacked,
     predict,
     predict_stacked,
+    recalibrate,
     stacked_batches,
     train_stacked_steps,
     train_steps,
@@ -57,6 +58,8 @@ __all__ = [
     "train_seeds",
     "drift_seeds",
     "ddp_train_seeds",
+    "ReadingsConfig",
+    "readings",
     "run",
     "run_all",
     "THREADS",
@@ -555,6 +558,56 @@ def run_seeds(experiment: Seeds) -> list[dict]:
     return [_ONE_RUN[type(config)](replace(config, seed=s)) for s in seeds]
 
 
+@dataclass(frozen=True)
+class ReadingsConfig:
+    """Trained networks read several ways, each on the first ``eval_size`` test images: with
+    their running averages (eval mode); recalibrated with their final weights over training
+    mini-batches of each size of ``recalibrated`` (``recal_images`` images each time); and with
+    each test batch of each size of ``own_statistics`` normalised by its own statistics, as in
+    training (a forgotten ``model.eval()``).
+
+    ``trained`` is a ``Seeds`` of a ``RunConfig`` with ``keep_state=True``, run (or read from
+    the cache) first; ``seed`` draws the recalibration mini-batches (the same for every
+    network) and the dropout masks of the readings in training mode.
+    """
+
+    trained: Seeds
+    eval_size: int | None = 2000
+    recalibrated: tuple[int, ...] = ()
+    recal_images: int = 2560
+    own_statistics: tuple[int, ...] = ()
+    seed: int = 1
+
+
+def readings(config: ReadingsConfig) -> list[dict]:
+    """One reading of each network of ``config.trained`` per way ``config`` lists, in seed order:
+    ``{"running": accuracy, "recalibrated": {size: accuracy}, "own_statistics": {size:
+    accuracy}}``, accuracies in [0, 1]. The networks themselves are left as trained."""
+    if not isinstance(config.trained, Seeds) or not isinstance(config.trained.config, RunConfig):
+        raise TypeError("ReadingsConfig.trained must be a Seeds of a RunConfig")
+    if not config.trained.config.keep_state:
+        raise ValueError("the trained networks kept no weights: use RunConfig(keep_state=True)")
+    trained = config.trained.config
+    X, y = load_tensors(trained.dataset, train=True, limit=trained.train_limit)  # as in training
+    X_test, y_test = load_tensors(trained.dataset, train=False)
+    X_test, y_test = X_test[: config.eval_size], y_test[: config.eval_size]
+    results = []
+    for history in run(config.trained):
+        net = trained_model(history)
+        result = {"running": evaluate(net, X_test, y_test)[1], "recalibrated": {}}
+        for size in config.recalibrated:
+            batches = make_loader(X, y, size, seed=config.seed)
+            fresh = recalibrate(copy.deepcopy(net), batches, config.recal_images // size)
+            result["recalibrated"][size] = evaluate(fresh, X_test, y_test)[1]
+        set_seed(config.seed)  # the dropout masks, if any
+        result["own_statistics"] = {
+            size: evaluate(copy.deepcopy(net), X_test, y_test, size, train_mode=True)[1]
+            for size in config.own_statistics
+        }
+        results.append(result)
+    return results
+
+
 # ----------------------------------------------------------------------------------------------
 # Running an experiment, through the cache
 
@@ -572,6 +625,7 @@ EXPERIMENTS = {
     # measurements too: taken once per build, so both twins of a page quote the same ones
     BenchmarkConfig: benchmark,
     StepTimeConfig: training_step_times,
+    ReadingsConfig: readings,
 }
 
 

@@ -1,5 +1,8 @@
 """bnlib.experiments: runs are reproducible, cached by configuration, and report divergence."""
 
+import copy
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -7,9 +10,19 @@ from torch import nn
 from bnlib import cache, experiments
 from bnlib.benchmark import BenchmarkConfig, StepTimeConfig
 from bnlib.data import load_tensors, make_loader
-from bnlib.experiments import NoiseConfig, RunConfig, run, run_all, train_run
+from bnlib.experiments import (
+    NoiseConfig,
+    ReadingsConfig,
+    RunConfig,
+    Seeds,
+    readings,
+    run,
+    run_all,
+    train_run,
+    trained_model,
+)
 from bnlib.models import DistributionShift, PaperMLP, scale_init
-from bnlib.training import confusion_matrix, evaluate, predict, seconds_per_step
+from bnlib.training import confusion_matrix, evaluate, predict, recalibrate, seconds_per_step
 
 TINY = RunConfig(norm="bnlib", train_limit=600, num_steps=20, eval_every=10, eval_train_size=200)
 
@@ -243,3 +256,25 @@ def test_bn_momentum_changes_the_running_statistics_only():
             assert not torch.allclose(value, moving["state_dict"][key])
         else:
             assert torch.equal(value, moving["state_dict"][key]), key
+
+
+def test_readings_are_the_readings_taken_by_hand(fresh_cache):
+    """Each network of the trained seeds, read with its running averages, recalibrated, and with
+    each small test batch's own statistics: the numbers of doing it by hand, seed by seed."""
+    trained = Seeds(replace(TINY, keep_state=True), n=2)
+    config = ReadingsConfig(
+        trained, eval_size=120, recalibrated=(32,), recal_images=96, own_statistics=(4,)
+    )
+    got = readings(config)
+    X, y = load_tensors(TINY.dataset, train=True, limit=TINY.train_limit)
+    X_test, y_test = load_tensors(TINY.dataset, train=False, limit=120)
+    for history, reading in zip(run(trained), got, strict=True):
+        net = trained_model(history)
+        assert reading["running"] == evaluate(net, X_test, y_test)[1]
+        fresh = recalibrate(copy.deepcopy(net), make_loader(X, y, 32, seed=1), 3)
+        assert reading["recalibrated"] == {32: evaluate(fresh, X_test, y_test)[1]}
+        own = evaluate(copy.deepcopy(net), X_test, y_test, 4, train_mode=True)[1]
+        assert reading["own_statistics"] == {4: own}
+        assert reading["own_statistics"][4] != reading["running"]  # batches of 4 change it
+    with pytest.raises(ValueError, match="kept no weights"):
+        readings(ReadingsConfig(Seeds(TINY, n=2)))
