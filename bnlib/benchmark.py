@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from bnlib import fast
-from bnlib import functional as F
 from bnlib.data import load_tensors, make_loader
 from bnlib.models import ArticleCNN
+from bnlib.modules import IMPLEMENTATIONS
 from bnlib.training import seconds_per_step, set_seed
 
 __all__ = [
@@ -39,16 +39,20 @@ __all__ = [
 
 Implementation = Callable[[Tensor, Tensor, Tensor], Tensor]
 
-# Training-mode batch norm, (x, gamma, beta) -> y, eps = 1e-5, no running statistics.
+
+def _training(normalise) -> Implementation:
+    """``(x, gamma, beta) -> y`` from a ``(x, gamma, beta, eps) -> (y, mean, var)``, eps 1e-5."""
+    return lambda x, gamma, beta: normalise(x, gamma, beta, 1e-5)[0]
+
+
+# Training-mode batch norm, (x, gamma, beta) -> y, eps = 1e-5, no running statistics: the
+# implementations of the modules (one table, ``bnlib.modules.IMPLEMENTATIONS``) between the
+# formula as autograd sees it and PyTorch's native kernel.
 TRAINING: dict[str, Implementation] = {
     # the formula one autograd operation at a time: autograd saves what each one needs
-    "naive": lambda x, g, b: fast.textbook_batch_norm(x, g, b, 1e-5)[0],
-    # bnlib.functional: the readable autograd.Function
-    "reference": lambda x, g, b: F.BatchNormFunction.apply(x, g, b, 1e-5)[0],
-    # bnlib.fast: the same Function in fewer passes over memory
-    "fast": lambda x, g, b: fast.FastBatchNormFunction.apply(x, g, b, 1e-5)[0],
-    # torch.compile of the naive formula
-    "compiled": lambda x, g, b: fast.compiled_textbook()(x, g, b, 1e-5)[0],
+    "naive": _training(fast.textbook_batch_norm),
+    # "reference" (the readable Function), "fast" (fewer passes), "compiled" (torch.compile)
+    **{name: _training(IMPLEMENTATIONS[name]) for name in ("reference", "fast", "compiled")},
     # PyTorch's native kernel
     "native": lambda x, g, b: torch.nn.functional.batch_norm(x, None, None, g, b, True),
 }

@@ -43,7 +43,8 @@ def convert(model: nn.Module, to: str = "bnlib") -> nn.Module:
     """Return a copy of ``model`` whose batch norm layers are bnlib's (``to="bnlib"``) or
     PyTorch's (``to="torch"``), with the same parameters, running statistics and mode.
 
-    The original model is left untouched; build the optimizer on the returned model.
+    The original model is left untouched; build the optimizer on the returned model. A subclass
+    of a batch norm class raises ``TypeError``: its twin would lose what the subclass adds.
 
     Example::
 
@@ -55,10 +56,28 @@ def convert(model: nn.Module, to: str = "bnlib") -> nn.Module:
         raise ValueError(f"convert(model, to=...) takes 'bnlib' or 'torch', got {to!r}")
     mapping = _TORCH_TO_BNLIB if to == "bnlib" else _BNLIB_TO_TORCH
     model = copy.deepcopy(model)
-    if type(model) in mapping:
-        return _twin(model, mapping[type(model)])
-    for parent in list(model.modules()):
+    target = _target(model, "model", mapping)
+    if target is not None:
+        return _twin(model, target)
+    for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
-            if type(child) in mapping:
-                setattr(parent, name, _twin(child, mapping[type(child)]))
+            target = _target(child, f"{parent_name}.{name}" if parent_name else name, mapping)
+            if target is not None:
+                setattr(parent, name, _twin(child, target))
     return model
+
+
+def _target(layer: nn.Module, path: str, mapping: dict) -> type[nn.Module] | None:
+    """The class ``layer`` converts to, None if it is not a batch norm of ``mapping``; a
+    subclass raises: its twin would lose what the subclass adds (a forward, attributes)."""
+    if type(layer) in mapping:
+        return mapping[type(layer)]
+    for source in mapping:
+        if isinstance(layer, source):
+            raise TypeError(
+                f"convert found {path} of type {type(layer).__name__}, a subclass of "
+                f"{source.__module__}.{source.__name__}; its twin would lose what the subclass "
+                f"adds (its forward, its attributes), so it is not converted. Replace it by a "
+                f"plain {source.__name__} before converting, or convert it by hand"
+            )
+    return None

@@ -17,7 +17,9 @@ formula of Chan, Golub and LeVeque (1983), stable too::
 as PyTorch's ``SyncBatchNorm`` gathers each process's (mean, invstd, count) once. Backward: the two
 per-channel sums of the closed form, ``sum(dy)`` and ``sum(dy * x_hat)``, are all-reduced; the
 gradients of weight and bias stay local (DDP all-reduces them, as for any parameter). Two
-collectives per layer and training step, one each way.
+collectives per layer and training step, one each way. Everything else (centring, the apply, the
+channel sums, the running update, float32 accumulation for float16 inputs) is ``bnlib.core``'s:
+this module adds only the collectives between those pieces.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
+from bnlib import core
 from bnlib import functional as F
 from bnlib.convert import _twin
 from bnlib.modules import BatchNorm2d, _BatchNorm
@@ -77,50 +80,59 @@ def _gathered_stats(x: Tensor, group) -> tuple[Tensor, Tensor, Tensor]:
     mean = (counts * means).sum(0) / count  # (C,)
     spread = (counts * (means - mean) ** 2).sum(0)  # between the slices
     var = ((m2.sum(0) + spread) / count).clamp_min(0)
-    return mean.to(x.dtype), var.to(x.dtype), count.to(x.dtype)
+    dtype = core.accumulation_dtype(x.dtype)  # float32 for float16: a count past 65,504 overflows
+    return mean.to(dtype), var.to(dtype), count.to(dtype)
 
 
 class SyncBatchNormFunction(torch.autograd.Function):
     """Training-mode batch norm whose statistics and backward sums span every process of ``group``.
 
-    Returns ``(y, mean, var, count)``: the global batch mean, biased variance and number of values
-    per channel (not differentiable), for the running estimates.
+    The pieces of ``bnlib.core``, with one collective between the statistics and the apply in
+    the forward (``_gathered_stats``), and one between the channel sums and the apply in the
+    backward. Returns ``(y, mean, var, count)``: the global batch mean, biased variance and
+    number of values per channel (not differentiable), for the running estimates.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, gamma: Tensor, beta: Tensor, eps: float, group):
-        mean, var, count = _gathered_stats(x, group)
+        mean, var, count = _gathered_stats(x, group)  # collective: all-gather
         inv_std = torch.rsqrt(var + eps)
-        x_hat = (x - F.per_channel(mean, x)) * F.per_channel(inv_std, x)
-        y = x_hat * F.per_channel(gamma, x) + F.per_channel(beta, x)
-        ctx.save_for_backward(x_hat, inv_std, gamma, count)
-        ctx.group = group
+        centred = x - core.per_channel(mean, x)  # on the global mean; float32 for float16 x
+        residual = torch.zeros_like(mean)  # centred on the exact mean: nothing left over
+        y = core.apply_affine(centred, residual, inv_std, gamma, beta)
+        ctx.save_for_backward(centred, residual, inv_std, gamma, count)
+        ctx.group, ctx.input_dtype = group, x.dtype
         ctx.mark_non_differentiable(mean, var, count)
-        return y, mean, var, count
+        return y.to(x.dtype), mean, var, count
 
     @staticmethod
+    @core.without_autocast
     def backward(ctx, dy: Tensor, _dmean, _dvar, _dcount):
-        x_hat, inv_std, gamma, count = ctx.saved_tensors
-        dims = F.reduce_dims(dy)
-        C = dy.shape[1]
-        dbeta = dy.sum(dims)  # local: DDP all-reduces parameter gradients
-        dgamma = (dy * x_hat).sum(dims)
-        sums = _all_reduce(torch.cat([dbeta, dgamma]), ctx.group)  # global sum(dy), sum(dy x_hat)
-        mean_dx_hat = F.per_channel(gamma * sums[:C] / count, dy)
-        mean_dx_hat_x_hat = F.per_channel(gamma * sums[C:] / count, dy)
-        dx = F.per_channel(gamma * inv_std, dy) * dy - F.per_channel(inv_std, dy) * (
-            mean_dx_hat + x_hat * mean_dx_hat_x_hat
+        if torch.is_grad_enabled():
+            raise NotImplementedError(
+                "SyncBatchNorm has no second derivative across processes (create_graph=True): "
+                "its backward sums travel by a collective that autograd does not follow; use "
+                "BatchNorm*d on each process, or a first-order method"
+            )
+        centred, residual, inv_std, gamma, count = ctx.saved_tensors
+        # dbeta, dgamma stay local (DDP all-reduces parameter gradients); dx needs global sums
+        dbeta, dgamma, product = core.backward_sums(dy, centred, residual, inv_std)
+        sums = _all_reduce(torch.cat([dbeta, dgamma]), ctx.group)  # collective: all-reduce
+        C = dbeta.shape[0]
+        dx = core.backward_apply(
+            dy, centred, residual, inv_std, gamma, sums[:C], sums[C:], count, out=product
         )
-        return dx, dgamma, dbeta, None, None
+        return dx.to(ctx.input_dtype), dgamma, dbeta, None, None
 
 
 class SyncBatchNorm(_BatchNorm):
     """``BatchNorm1d/2d/3d`` whose training statistics span all the processes of a group.
 
     Same arguments, parameters, buffers and ``state_dict`` as ``bnlib.BatchNorm2d``, plus
-    ``process_group`` (default: the whole world). Outside training, or when ``torch.distributed``
-    is not initialised or has one process, it is an ordinary batch norm. Every process must call
-    it the same number of times, as with any collective.
+    ``process_group`` (default: the whole world), sixth positional argument as in
+    ``torch.nn.SyncBatchNorm``. Outside training, or when ``torch.distributed`` is not
+    initialised or has one process, it is an ordinary batch norm. Every process must call it
+    the same number of times, as with any collective.
 
     Example::
 
@@ -130,8 +142,21 @@ class SyncBatchNorm(_BatchNorm):
 
     _accepted_dims = (2, 3, 4, 5)
 
-    def __init__(self, num_features: int, *args, process_group=None, **kwargs) -> None:
-        super().__init__(num_features, *args, **kwargs)
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs
+        )
         self.process_group = process_group
 
     def _synchronised(self) -> bool:
@@ -146,30 +171,27 @@ class SyncBatchNorm(_BatchNorm):
         if not self._synchronised():
             return super().forward(input)
         self._check_input_dim(input)
-        if not input.is_floating_point():
-            raise TypeError(f"SyncBatchNorm expects a floating-point input, got {input.dtype}")
+        F._check_input(input, None, None, self.weight, self.bias, True, self.eps, local_batch=False)
         C = input.shape[1]
         gamma = self.weight if self.weight is not None else input.new_ones(C)
         beta = self.bias if self.bias is not None else input.new_zeros(C)
-        y, mean, var, count = SyncBatchNormFunction.apply(
-            input, gamma, beta, self.eps, self.process_group
-        )
+        with core.autocast_disabled(input.device.type):
+            y, mean, var, count = SyncBatchNormFunction.apply(
+                core.output_layout(input), gamma, beta, self.eps, self.process_group
+            )
         if count.item() <= 1:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got {int(count.item())} "
                 "across all processes; use larger per-process batches"
             )
         if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                momentum = (
-                    1.0 / float(self.num_batches_tracked)
-                    if self.momentum is None
-                    else self.momentum
-                )
-                unbiased = var * (count / (count - 1))
-                self.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-                self.running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
+            self.num_batches_tracked.add_(1)
+            momentum = (
+                1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            )
+            core.update_running_stats(
+                self.running_mean, self.running_var, mean, var, count, momentum
+            )
         return y
 
     @classmethod

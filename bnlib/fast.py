@@ -3,94 +3,172 @@
 Batch norm does a handful of operations per value, so its time is the time to read and write its
 tensors. ``functional.BatchNormFunction`` is written to be read: every line of the formula is one
 pass over the data, with a temporary tensor for most of them. ``FastBatchNormFunction`` computes
-the same results with the same centring (Chan, Golub and LeVeque, 1983), and saves fewer passes:
+the same results with the same centring (Chan, Golub and LeVeque, 1983), from the pieces of
+``bnlib.core``, and saves passes:
 
+- the input is centred on a first estimate of the mean, taken from a few examples, before the
+  node (``core.centre_first``): the subtraction saves nothing for autograd, and the node saves
+  its own input, the centred one;
+- per-channel sums of squares are squared row norms of the (N, C, L) view (one read, no
+  temporary);
 - the affine part is folded into one per-channel scale and shift, applied by a single ``addcmul``;
-- per-channel sums of products come from ``vecdot`` over the rows of the (N, C, L) view, which
-  reads both tensors once and writes no temporary;
 - the backward pass reuses the sums it needs (``dbeta`` gives ``sum(dx_hat)``) and writes ``dx``
-  in two fused passes;
+  into the tensor of ``dy * centred`` its sums needed, updated in place;
 - only the centred input and three (C,) vectors are saved for the backward pass.
 
-``compiled_textbook()`` takes the other route: ``torch.compile`` of the textbook formula, which
-fuses its operations into a few loops (the first call per input shape pays the compilation).
+``compiled_batch_norm`` takes the other route: the same autograd node around kernels that
+``torch.compile`` fuses from the plain formulas of ``core`` (the first call per input shape pays
+the compilation). ``textbook_batch_norm`` is the formula one autograd operation at a time.
 
-Either one is passed to ``functional.batch_norm(..., normalise=...)``, which does what every
-implementation shares (input checks, evaluation mode, running statistics).
+Each ``(x, gamma, beta, eps) -> (y, mean, var)`` is passed to ``functional.batch_norm(...,
+normalise=...)``, which does what every implementation shares (input checks, evaluation mode,
+running statistics); ``bnlib.modules.IMPLEMENTATIONS`` names them.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from bnlib.functional import per_channel, reduce_dims, values_per_channel
+from bnlib import core
+from bnlib.core import channel_dot, channel_sum, per_channel, reduce_dims, values_per_channel
 
 __all__ = [
     "channel_sum",
     "channel_dot",
     "FastBatchNormFunction",
+    "fast_batch_norm",
+    "compiled_kernel",
+    "CompiledBatchNormFunction",
+    "compiled_batch_norm",
     "textbook_batch_norm",
-    "compiled_textbook",
 ]
-
-
-def channel_sum(x: Tensor) -> Tensor:
-    """Per-channel sum of x (N, C, *), shape (C,)."""
-    return x.sum(reduce_dims(x))
-
-
-def channel_dot(a: Tensor, b: Tensor) -> Tensor:
-    """Per-channel sum of ``a * b`` for a, b of shape (N, C, *), without the temporary ``a * b``.
-
-    Each (n, c) row of the (N, C, L) view is contiguous: ``vecdot`` reduces it in one read of
-    each tensor, with pairwise-accurate float sums; the (N, C) partial sums are then added.
-    """
-    n, c = a.shape[:2]
-    return torch.linalg.vecdot(a.reshape(n, c, -1), b.reshape(n, c, -1)).sum(0)  # (N, C) -> (C,)
 
 
 class FastBatchNormFunction(torch.autograd.Function):
     """Training-mode batch norm, forward and closed-form backward in few passes over memory.
 
-    Same inputs and outputs as ``functional.BatchNormFunction``: ``(x, gamma, beta, eps)`` to
-    ``(y, mean, var)``, with mean and the biased var of shape (C,) not differentiable.
+    ``(centred, gamma, beta, eps) -> (y, residual, var)``: ``centred`` is the input shifted by any
+    per-channel constant (batch norm ignores it; close to the mean, it keeps float32's digits),
+    ``residual`` its per-channel mean and ``var`` the biased variance, both (C,) and not
+    differentiable. ``fast_batch_norm`` does the centring and returns the mean.
     """
 
-    @staticmethod
-    def forward(ctx, x: Tensor, gamma: Tensor, beta: Tensor, eps: float):
-        m = values_per_channel(x)
-        shift = channel_sum(x) / m  # (C,) first estimate of the mean          pass 1: read x
-        centred = x - per_channel(shift, x)  # (N, C, *)                   pass 2: read x, write
-        residual = channel_sum(centred) / m  # (C,) what the estimate missed     pass 3: read
-        var = (channel_dot(centred, centred) / m - residual * residual).clamp_min(0)  # pass 4
-        inv_std = torch.rsqrt(var + eps)
-        # y = gamma * (centred - residual) * inv_std + beta = scale * centred + offset
-        scale = gamma * inv_std
-        offset = beta - residual * scale
-        y = torch.addcmul(per_channel(offset, x), centred, per_channel(scale, x))  # pass 5
-        ctx.save_for_backward(centred, residual, inv_std, gamma)
-        ctx.mark_non_differentiable(shift, var)
-        return y, shift + residual, var
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx, dy: Tensor, _dmean: Tensor, _dvar: Tensor):
+    def forward(centred: Tensor, gamma: Tensor, beta: Tensor, eps: float):
+        residual, var = core.centred_moments(centred)  # passes 2, 3: read centred twice
+        inv_std = torch.rsqrt(var + eps)
+        y = core.apply_affine(centred, residual, inv_std, gamma, beta)  # pass 4: read, write
+        return y, residual, var
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        centred, gamma, _beta, eps = inputs
+        _y, residual, var = output
+        saved = (centred, residual, torch.rsqrt(var + eps), gamma)
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(residual, var)
+
+    @staticmethod
+    @core.without_autocast
+    def backward(ctx, dy: Tensor, _dresidual: Tensor, _dvar: Tensor):
         centred, residual, inv_std, gamma = ctx.saved_tensors
-        m = values_per_channel(dy)
-        dbeta = channel_sum(dy)  # pass 1: read dy
-        # dgamma = sum(dy * x_hat) with x_hat = (centred - residual) * inv_std
-        dgamma = (channel_dot(dy, centred) - residual * dbeta) * inv_std  # pass 2: read dy, centred
-        # dx = gamma * inv_std / m * (m * dy - dbeta - x_hat * dgamma) = a * dy + b * centred + c
-        a = gamma * inv_std
-        b = -a * inv_std * dgamma / m
-        c = -a * dbeta / m - b * residual
-        dx = torch.addcmul(per_channel(c, dy), centred, per_channel(b, dy))  # pass 3: read, write
-        dx.addcmul_(dy, per_channel(a, dy))  # pass 4: read dx and dy, write dx
+        if torch.is_grad_enabled():  # create_graph=True: a backward that autograd can follow
+            return (*core.backward_with_graph(dy, centred, gamma, ctx.eps), None)
+        dbeta, dgamma, product = core.backward_sums(dy, centred, residual, inv_std)
+        count = values_per_channel(dy)
+        dx = core.backward_apply(
+            dy, centred, residual, inv_std, gamma, dbeta, dgamma, count, out=product
+        )
         return dx, dgamma, dbeta, None
+
+    @staticmethod
+    def jvp(ctx, t_centred, t_gamma, t_beta, _t_eps):
+        centred, residual, inv_std, gamma = ctx.saved_tensors
+        t_y = core.forward_tangent(t_centred, t_gamma, t_beta, centred, residual, inv_std, gamma)
+        return t_y, None, None
+
+
+# The default implementation of the modules: ``(x, gamma, beta, eps) -> (y, mean, var)``
+fast_batch_norm = core.centre_first(FastBatchNormFunction)
+
+
+# ----------------------------------------------------------------------------------------------
+# Compiled kernels in the same autograd node
+
+
+@functools.cache
+def compiled_kernel(kernel):
+    """``torch.compile(kernel)``, created on first use (compiling is per input shape)."""
+    # Compiling for a CPU without CUDA logs a warning about CUDA_HOME that does not apply.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    return torch.compile(kernel, dynamic=False)
+
+
+def _eager_here() -> bool:
+    """Whether torch.func transforms (vmap, grad, jvp) are active: the plain kernels run then,
+    uncompiled, since the compiler would trace the transforms' wrappers."""
+    return torch._C._are_functorch_transforms_active()
+
+
+class CompiledBatchNormFunction(torch.autograd.Function):
+    """``(x, gamma, beta, eps) -> (y, mean, var)`` with ``torch.compile``d kernels: the plain
+    forward of ``core.normalise_plain`` and backward of ``core.backward_plain``, each fused into
+    a reduction and a loop. Saves x and two (C,) vectors, as PyTorch's kernel. A backward that
+    is itself differentiated, or one under ``torch.func``, runs the same formulas uncompiled."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, gamma: Tensor, beta: Tensor, eps: float):
+        kernel = core.normalise_plain if _eager_here() else compiled_kernel(core.normalise_plain)
+        return kernel(x, gamma, beta, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, gamma, _beta, eps = inputs
+        _y, mean, var = output
+        saved = (x, mean, torch.rsqrt(var + eps), gamma)
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(mean, var)
+
+    @staticmethod
+    @core.without_autocast
+    def backward(ctx, dy: Tensor, _dmean: Tensor, _dvar: Tensor):
+        x, mean, inv_std, gamma = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a backward that autograd can follow
+            return (*core.backward_with_graph(dy, x, gamma, ctx.eps), None)
+        kernel = core.backward_plain if _eager_here() else compiled_kernel(core.backward_plain)
+        return (*kernel(dy, x, mean, inv_std, gamma), None)
+
+    @staticmethod
+    def jvp(ctx, t_x, t_gamma, t_beta, _t_eps):
+        x, mean, inv_std, gamma = ctx.saved_tensors
+        return core.forward_tangent(t_x, t_gamma, t_beta, x, mean, inv_std, gamma), None, None
+
+
+def compiled_batch_norm(x: Tensor, gamma: Tensor, beta: Tensor, eps: float):
+    """``CompiledBatchNormFunction`` as the modules call it: ``(y, mean, var)``, y in x's dtype,
+    float16 and bfloat16 computed in float32."""
+    x_acc = x.to(core.accumulation_dtype(x.dtype))
+    y, mean, var = core.apply(CompiledBatchNormFunction, _CompiledEager, x_acc, gamma, beta, eps)
+    return y.to(x.dtype), mean, var
+
+
+_CompiledEager = core.without_argument_binding(CompiledBatchNormFunction)
+
+
+# ----------------------------------------------------------------------------------------------
+# The formula as autograd sees it
 
 
 def textbook_batch_norm(
@@ -107,11 +185,3 @@ def textbook_batch_norm(
     x_hat = centred / torch.sqrt(var + eps)
     y = x_hat * per_channel(gamma, x) + per_channel(beta, x)
     return y, mean.flatten().detach(), var.flatten().detach()
-
-
-@functools.cache
-def compiled_textbook() -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
-    """``torch.compile(textbook_batch_norm)``, created on first use (compiling is per shape)."""
-    # Compiling for a CPU without CUDA logs a warning about CUDA_HOME that does not apply.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    return torch.compile(textbook_batch_norm, dynamic=False)

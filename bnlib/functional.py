@@ -19,6 +19,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from bnlib import core
+from bnlib.core import per_channel, reduce_dims, values_per_channel
+
 __all__ = [
     "reduce_dims",
     "per_channel",
@@ -31,26 +34,8 @@ __all__ = [
     "centred_stats",
     "naive_batch_stats",
     "BatchNormFunction",
+    "reference_batch_norm",
 ]
-
-
-# ----------------------------------------------------------------------------------------------
-# Shapes
-
-
-def reduce_dims(x: Tensor) -> list[int]:
-    """The dimensions a batch norm averages over: all but the channel dimension 1."""
-    return [0, *range(2, x.dim())]
-
-
-def per_channel(v: Tensor, x: Tensor) -> Tensor:
-    """View a (C,) vector so it broadcasts against x of shape (N, C, *): (1, C, 1, ..., 1)."""
-    return v.view(1, -1, *([1] * (x.dim() - 2)))
-
-
-def values_per_channel(x: Tensor) -> int:
-    """How many values each channel's statistics are computed from: N * (product of spatial)."""
-    return x.numel() // x.shape[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,10 +58,11 @@ def centred_stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
     Returns ``(shift, residual, centred, var)``: ``shift`` (C,) a first estimate of the mean,
     ``centred = x - shift``, ``residual`` (C,) the mean of ``centred`` (what the first estimate
-    got wrong), and the biased variance (C,). The mean is ``shift + residual``.
+    got wrong), and the biased variance (C,). The mean is ``shift + residual``. A float16 or
+    bfloat16 input is accumulated in float32, and ``centred`` is float32 then.
     """
     dims = reduce_dims(x)
-    shift = x.mean(dims)  # (C,) first pass
+    shift = x.mean(dims, dtype=core.accumulation_dtype(x.dtype))  # (C,) first pass
     centred = x - per_channel(shift, x)  # exact when x is close to shift
     residual = centred.mean(dims)  # (C,) ~0
     var = (centred * centred).mean(dims) - residual * residual
@@ -200,21 +186,51 @@ def batch_norm_backward_staged(
 class BatchNormFunction(torch.autograd.Function):
     """Training-mode batch norm as an autograd node: our forward, our closed-form backward.
 
-    Returns ``(y, mean, var)``; the batch statistics come out (not differentiable) so the running
-    estimates can be updated without computing them a second time.
+    ``(x, gamma, beta, eps) -> (y, mean, var)``; the batch statistics come out (not
+    differentiable) so the running estimates can be updated without computing them again. x may
+    be any per-channel shift of the input (batch norm ignores it): ``reference_batch_norm``
+    passes it centred on a first estimate of the mean, so that the saved input, its own, leads
+    back to x when a graph of the backward is asked for.
+
+    Like PyTorch's kernel it saves the input and two (C,) vectors, and recomputes x_hat in the
+    backward. ``setup_context``, ``jvp`` and ``generate_vmap_rule`` make it work with
+    ``torch.func`` (``vmap``, ``grad``, ``jvp``, ``jacrev``) and forward-mode AD.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: Tensor, gamma: Tensor, beta: Tensor, eps: float):
-        y, (mean, var), cache = batch_norm_forward(x, gamma, beta, eps)
-        ctx.save_for_backward(*cache)
-        ctx.mark_non_differentiable(mean, var)
+    def forward(x: Tensor, gamma: Tensor, beta: Tensor, eps: float):
+        y, (mean, var), _ = batch_norm_forward(x, gamma, beta, eps)
         return y, mean, var
 
     @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, gamma, _beta, eps = inputs
+        _y, mean, var = output
+        saved = (x, mean, torch.rsqrt(var + eps), gamma)
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(mean, var)
+
+    @staticmethod
+    @core.without_autocast
     def backward(ctx, dy: Tensor, _dmean: Tensor, _dvar: Tensor):
-        dx, dgamma, dbeta = batch_norm_backward(dy, ctx.saved_tensors)
-        return dx, dgamma, dbeta, None
+        x, mean, inv_std, gamma = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a backward that autograd can follow
+            return (*core.backward_with_graph(dy, x, gamma, ctx.eps), None)
+        x_hat = (x - per_channel(mean, x)) * per_channel(inv_std, x)  # recomputed, not saved
+        return (*batch_norm_backward(dy, (x_hat, inv_std, gamma)), None)
+
+    @staticmethod
+    def jvp(ctx, t_x, t_gamma, t_beta, _t_eps):
+        x, mean, inv_std, gamma = ctx.saved_tensors
+        return core.forward_tangent(t_x, t_gamma, t_beta, x, mean, inv_std, gamma), None, None
+
+
+# The readable implementation, as the modules call it: ``(x, gamma, beta, eps) -> (y, mean, var)``
+reference_batch_norm = core.centre_first(BatchNormFunction)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,13 +244,18 @@ def _check_input(
     weight: Tensor | None,
     bias: Tensor | None,
     training: bool,
+    eps: float,
+    *,
+    local_batch: bool = True,
 ) -> None:
+    """PyTorch's checks, with its exception types, and a sentence on what to do instead.
+    ``local_batch=False``: the statistics span other processes, do not count this one's values."""
     if not isinstance(x, Tensor):
         raise TypeError(f"batch_norm expects a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(
-            f"batch_norm expects a floating-point input, got dtype {x.dtype}; "
-            "convert it first, for example with x.float()"
+        raise NotImplementedError(
+            f'"batch_norm" not implemented for {x.dtype}: batch norm needs a floating-point '
+            "input; convert it first, for example with x.float()"
         )
     if x.dim() < 2:
         raise ValueError(
@@ -242,6 +263,11 @@ def _check_input(
             f"got shape {tuple(x.shape)}; add a batch dimension with x.unsqueeze(0)"
         )
     channels = x.shape[1]
+    if channels == 0:
+        raise ValueError(
+            f"batch_norm needs at least one channel, got input of shape {tuple(x.shape)} "
+            "(dimension 1 holds the channels); check the layer that produces it"
+        )
     for name, t in (
         ("running_mean", running_mean),
         ("running_var", running_var),
@@ -254,16 +280,47 @@ def _check_input(
                 f"{channels} channels (dimension 1 of shape {tuple(x.shape)}); build the layer "
                 f"with num_features={channels} or check which dimension holds the channels"
             )
-    if training and values_per_channel(x) <= 1:
-        raise ValueError(
-            f"Expected more than 1 value per channel when training, got input size {x.size()}: "
-            "a batch of one has no variance to normalise by; use a larger batch, "
-            "DataLoader(..., drop_last=True), or call model.eval() for inference"
-        )
-    if not training and (running_mean is None or running_var is None):
-        raise ValueError(
-            "batch_norm in evaluation mode (training=False) needs running_mean and running_var; "
-            "pass them, or use training=True to normalise with the batch statistics"
+    if training:
+        if local_batch and values_per_channel(x) == 1:
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size "
+                f"{x.size()}: a batch of one has no variance to normalise by; use a larger "
+                "batch, DataLoader(..., drop_last=True), or call model.eval() for inference"
+            )
+        if (running_mean is None) != (running_var is None):
+            raise ValueError(
+                "running_mean and running_var must either both be None or neither be None: "
+                "with only one, the running estimates cannot be updated; pass both, or neither "
+                "to normalise with the batch alone"
+            )
+        if eps <= 0:
+            raise ValueError(
+                f"batch_norm eps must be positive during training, but got {eps}: a channel "
+                "whose values are all equal has variance 0, and 1 / sqrt(0 + eps) must be "
+                "finite; use a small positive eps such as 1e-5"
+            )
+    else:
+        for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+            if t is None:
+                raise RuntimeError(
+                    f"{name} must be defined in evaluation mode (training=False): pass "
+                    "running_mean and running_var, or use training=True to normalise with the "
+                    "batch statistics"
+                )
+        if eps < 0:
+            raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+
+
+def _check_not_vmapped_with_running_stats(x: Tensor, running_mean: Tensor) -> None:
+    """Under ``torch.func.vmap`` the batch statistics differ per vmapped sample, and the running
+    estimates, one per channel, cannot receive them all: refuse, as PyTorch does."""
+    batched = torch._C._functorch.is_batchedtensor
+    if batched(x) and not batched(running_mean):
+        raise RuntimeError(
+            "Batch norm got a batched tensor as input (torch.func.vmap) while running_mean and "
+            "running_var, which are updated in place in training, are not batched: set "
+            "track_running_stats=False, call model.eval(), or use "
+            "torch.func.replace_all_batch_norm_modules_(model) before vmap"
         )
 
 
@@ -291,18 +348,22 @@ def batch_norm(
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
 
     Args:
-        input: shape (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W).
+        input: shape (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W); floating point.
         running_mean, running_var: (C,) buffers, or None. In training they are updated in place,
             ``running = (1 - momentum) * running + momentum * batch_stat``, with the *unbiased*
-            batch variance; in evaluation they replace the batch statistics.
+            batch variance; in evaluation they replace the batch statistics. Both or neither.
         weight, bias: gamma and beta, shape (C,); None means 1 and 0.
         training: use batch statistics (True) or the running ones (False).
         momentum: weight of the new batch in the running averages (PyTorch's convention).
-        eps: added to the variance before the square root. Default: 1e-5.
-        normalise: the training-mode computation, ``(x, gamma, beta, eps) -> (y, mean, var)``.
-            Default: ``BatchNormFunction.apply``, the readable one; ``bnlib.fast`` has
-            ``FastBatchNormFunction.apply`` (fewer passes over memory) and ``compiled_textbook``.
-            Keyword only.
+        eps: added to the variance before the square root, positive in training. Default: 1e-5.
+        normalise: the training-mode computation, ``(x, gamma, beta, eps) -> (y, mean, var)``,
+            one of ``bnlib.modules.IMPLEMENTATIONS``. Default: ``reference_batch_norm``, the
+            readable one. Keyword only.
+
+    As PyTorch's: the output has the input's dtype (float16 and bfloat16 are computed in
+    float32), the running estimates keep theirs, autocast does not lower the computation, the
+    output is contiguous (channels-last when the input is), and an empty batch gives an empty
+    output without touching the running estimates.
 
     Shape:
         output: same as input.
@@ -314,22 +375,29 @@ def batch_norm(
         >>> y.mean((0, 2, 3)).abs().max() < 1e-6
         tensor(True)
     """
-    _check_input(input, running_mean, running_var, weight, bias, training)
-    channels = input.shape[1]
-    gamma = weight if weight is not None else input.new_ones(channels)
-    beta = bias if bias is not None else input.new_zeros(channels)
+    _check_input(input, running_mean, running_var, weight, bias, training, eps)
+    with core.autocast_disabled(input.device.type):
+        x = core.output_layout(input)
+        channels = x.shape[1]
+        gamma = weight if weight is not None else x.new_ones(channels)
+        beta = bias if bias is not None else x.new_zeros(channels)
 
-    if not training:
-        # A fixed per-channel affine map, in one pass: autograd differentiates it exactly.
-        scale = gamma * torch.rsqrt(running_var + eps)
-        shift = beta - running_mean * scale
-        return torch.addcmul(per_channel(shift, input), input, per_channel(scale, input))
+        if not training:
+            # A fixed per-channel affine map, in one pass: autograd differentiates it exactly.
+            dtype = core.accumulation_dtype(x.dtype)
+            scale = gamma * torch.rsqrt(running_var.to(dtype) + eps)
+            shift = beta - running_mean * scale
+            y = torch.addcmul(per_channel(shift, x), x, per_channel(scale, x))
+            return y.to(x.dtype)
 
-    y, mean, var = (normalise or BatchNormFunction.apply)(input, gamma, beta, eps)
-    if running_mean is not None and running_var is not None:
-        with torch.no_grad():
-            m = values_per_channel(input)
-            unbiased_var = var * (m / (m - 1))  # the estimate of the population variance
-            running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-            running_var.mul_(1 - momentum).add_(unbiased_var, alpha=momentum)
-    return y
+        if x.numel() == 0:  # an empty batch: an empty output, the running estimates unchanged
+            return (x * per_channel(gamma, x) + per_channel(beta, x)).to(x.dtype)
+
+        if running_mean is not None:
+            _check_not_vmapped_with_running_stats(x, running_mean)
+        y, mean, var = (normalise or reference_batch_norm)(x, gamma, beta, eps)
+        if running_mean is not None:
+            core.update_running_stats(
+                running_mean, running_var, mean, var, values_per_channel(x), momentum
+            )
+        return y

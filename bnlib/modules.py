@@ -2,7 +2,10 @@
 
 Same constructor, parameters (``weight`` is gamma, ``bias`` is beta), buffers and ``state_dict``
 keys as PyTorch's, so the two can be swapped and their state dicts loaded into each other.
-One keyword is ours: ``implementation`` picks the code that normalises in training mode.
+One keyword is ours: ``implementation`` picks the code that normalises in training mode, by its
+name in ``IMPLEMENTATIONS``. As PyTorch's layers, they load checkpoints older than
+``num_batches_tracked`` (state dict version 2); unlike them they cannot be scripted with
+TorchScript (``torch.export`` works), and say so.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from bnlib import functional as F
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "IMPLEMENTATIONS", "is_batch_norm"]
 
-# The training-mode computations, for functional.batch_norm(..., normalise=...): same results,
-# different speed and memory (see bnlib.fast).
+# The training-mode computations, ``(x, gamma, beta, eps) -> (y, mean, var)``, for
+# functional.batch_norm(..., normalise=...): same results, different speed and memory (see
+# bnlib.fast). The one table of implementations: the modules, the benchmark and the tests use it.
 IMPLEMENTATIONS = {
-    "fast": fast.FastBatchNormFunction.apply,  # the hand-written Function, few passes over memory
-    "reference": F.BatchNormFunction.apply,  # the readable one, one pass per line of the formula
-    "compiled": lambda *args: fast.compiled_textbook()(*args),  # compiled on first use
+    "fast": fast.fast_batch_norm,  # the hand-written Function, few passes over memory
+    "reference": F.reference_batch_norm,  # the readable one, one pass per line of the formula
+    "compiled": fast.compiled_batch_norm,  # torch.compile'd kernels, compiled on first use
 }
 
 
@@ -28,6 +32,7 @@ class _BatchNorm(nn.Module):
     """What the three classes share; they differ only in the input dimensions they accept."""
 
     _accepted_dims: tuple[int, ...] = ()
+    _version = 2  # PyTorch's: version 2 added num_batches_tracked
 
     def __init__(
         self,
@@ -90,6 +95,24 @@ class _BatchNorm(nn.Module):
             nn.init.ones_(self.weight)
             if self.bias is not None:
                 nn.init.zeros_(self.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args) -> None:
+        """Checkpoints written before ``num_batches_tracked`` existed (version < 2) load with
+        the current count, as in PyTorch."""
+        key = prefix + "num_batches_tracked"
+        old = local_metadata.get("version") is None or local_metadata["version"] < 2
+        if old and self.track_running_stats and key not in state_dict:
+            on_meta = self.num_batches_tracked.device.type == "meta"
+            state_dict[key] = torch.tensor(0) if on_meta else self.num_batches_tracked
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+    def __prepare_scriptable__(self):
+        raise TypeError(
+            f"torch.jit.script cannot compile bnlib's {type(self).__name__}: its training "
+            "mode runs a custom torch.autograd.Function, which TorchScript does not support. "
+            "Use torch.export.export(model, (example_input,)) instead, or convert the model to "
+            "PyTorch's layers first: torch.jit.script(bnlib.convert(model, to='torch'))"
+        )
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() not in self._accepted_dims:

@@ -88,7 +88,8 @@ def train_steps(
     """Run ``num_steps`` optimisation steps on the negative log-likelihood.
 
     Args:
-        batches: an iterable of (inputs, labels), restarted as often as needed (a DataLoader).
+        batches: an iterable of (inputs, labels), restarted as often as needed (a DataLoader);
+            one that yields nothing (empty, or an exhausted generator) raises ValueError.
         on_step: called as ``on_step(step, model, loss)`` after each step, to record anything.
 
     Returns:
@@ -98,6 +99,7 @@ def train_steps(
     model.train()
     losses: list[float] = []
     while len(losses) < num_steps:
+        steps_before = len(losses)
         for xb, yb in batches:
             optimizer.zero_grad(set_to_none=True)
             loss = F.nll_loss(model(xb.to(device)), yb.to(device))
@@ -108,6 +110,12 @@ def train_steps(
                 on_step(len(losses), model, losses[-1])
             if len(losses) == num_steps:
                 break
+        if len(losses) == steps_before:  # a pass that yielded nothing: empty or exhausted
+            raise ValueError(
+                f"batches yielded no batch after {steps_before} of {num_steps} steps: it is "
+                "empty, or an iterator that cannot restart (a generator); pass a DataLoader "
+                "or a list, which can be iterated again"
+            )
     return losses
 
 

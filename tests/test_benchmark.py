@@ -71,13 +71,13 @@ def test_benchmark_rows_and_table():
 
 
 def failing_compiler(error: Exception):
-    """A stand-in for ``fast.compiled_textbook`` on a machine whose compiler fails: the
-    compiled function raises ``error`` on its first call, as torch.compile does."""
+    """A stand-in for ``fast.compiled_kernel`` on a machine whose compiler fails: the compiled
+    kernel raises ``error`` on its first call, as torch.compile does."""
 
     def compiled(*args):
         raise error
 
-    return lambda: compiled
+    return lambda kernel: compiled
 
 
 def compiler_failure(message: str) -> Exception:
@@ -89,7 +89,7 @@ def compiler_failure(message: str) -> Exception:
 def test_benchmark_records_a_compiler_failure_and_measures_the_rest(monkeypatch):
     """Where torch.compile fails, the compiled rows say why; the others are measured."""
     error = compiler_failure("no working C++ compiler\nthe command that failed")
-    monkeypatch.setattr(B.fast, "compiled_textbook", failing_compiler(error))
+    monkeypatch.setattr(B.fast, "compiled_kernel", failing_compiler(error))
     config = B.BenchmarkConfig(
         shapes=((8, 4, 5, 5), (16, 4)),
         implementations=("fast", "compiled", "native"),
@@ -117,7 +117,7 @@ def test_benchmark_records_a_compiler_failure_and_measures_the_rest(monkeypatch)
 
 def test_benchmark_raises_an_error_that_is_not_the_compilers(monkeypatch):
     """Only a compiler's failure makes an implementation unavailable; a bug still raises."""
-    monkeypatch.setattr(B.fast, "compiled_textbook", failing_compiler(RuntimeError("a bug")))
+    monkeypatch.setattr(B.fast, "compiled_kernel", failing_compiler(RuntimeError("a bug")))
     config = B.BenchmarkConfig(shapes=((8, 4),), implementations=("compiled",), repeats=1)
     with pytest.raises(RuntimeError, match="a bug"):
         B.benchmark(config)

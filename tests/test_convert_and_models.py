@@ -97,3 +97,29 @@ def test_cnn_trains_the_same_with_torch_and_bnlib_batch_norm(fashion_mnist):
         assert max(abs(a - b) for a, b in pairs) < 1e-10, ours
     assert losses["bnlib"][-1] < losses["bnlib"][0]  # it learns
     assert losses[None] != losses["torch"]  # the choice of normalisation does change training
+
+
+class ScaledBatchNorm(nn.BatchNorm2d):
+    """A subclass with its own forward: a plain twin would lose it."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_convert_refuses_a_subclass_clearly():
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), ScaledBatchNorm(3))
+    with pytest.raises(TypeError, match=r"convert found 1 of type ScaledBatchNorm, a subclass of"):
+        bnlib.convert(model)
+    with pytest.raises(TypeError, match="Replace it by a plain BatchNorm2d"):
+        bnlib.convert(ScaledBatchNorm(3))
+
+
+def test_train_steps_stops_on_an_empty_or_exhausted_iterable():
+    model = PaperMLP(norm="bnlib")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [(torch.randn(4, 784), torch.randint(10, (4,))) for _ in range(2)]
+    assert len(train_steps(model, batches, optimizer, num_steps=5)) == 5  # a list restarts
+    with pytest.raises(ValueError, match="yielded no batch after 0 of 3 steps"):
+        train_steps(model, [], optimizer, num_steps=3)
+    with pytest.raises(ValueError, match="yielded no batch after 2 of 5 steps.*a generator"):
+        train_steps(model, (b for b in batches), optimizer, num_steps=5)

@@ -35,6 +35,19 @@ def test_sync_batch_norm_calls_one_collective_each_way_and_stays_stable_in_float
         assert_close(rank["running_var"].double(), reference, rtol=1e-3, atol=0)
 
 
+def test_sync_batch_norm_float16_counts_and_sums_do_not_overflow():
+    """2 x 65,536 float16 values per channel: counts and sums in float32, as the layer's own
+    batch norm; the running estimates stay float16 and finite."""
+    torch.manual_seed(0)
+    x = (2 * torch.randn(64, 2, 32, 64) + 3).half()
+    reference = x.double()
+    for rank in collectives_and_stats(x, world_size=2):
+        assert rank["running_var"].dtype == torch.float16
+        assert torch.isfinite(rank["running_var"]).all()
+        assert_close(rank["mean"].double(), reference.mean((0, 2, 3)), rtol=1e-3, atol=0)
+        assert_close(rank["running_var"].double(), reference.var((0, 2, 3)), rtol=2e-3, atol=0)
+
+
 def test_single_process_sync_batch_norm_is_batch_norm():
     ours, reference = SyncBatchNorm(4), nn.BatchNorm1d(4)
     x = torch.randn(6, 4, 3)

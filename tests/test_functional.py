@@ -11,11 +11,12 @@ from torch.testing import assert_close
 
 from bnlib import fast
 from bnlib import functional as F
+from bnlib.modules import IMPLEMENTATIONS as IMPLEMENTATIONS_
 
 # the readable reference and the fast path: same contract, same results
 IMPLEMENTATIONS = pytest.mark.parametrize(
     "batch_norm",
-    [F.batch_norm, functools.partial(F.batch_norm, normalise=fast.FastBatchNormFunction.apply)],
+    [functools.partial(F.batch_norm, normalise=IMPLEMENTATIONS_[n]) for n in ("reference", "fast")],
     ids=["reference", "fast"],
 )
 
@@ -110,11 +111,24 @@ def test_staged_equals_closed_form_equals_autograd(shape):
         assert_close(c, a)
 
 
-def test_eps_zero_gives_zero_mean_unit_variance():
+def test_tiny_eps_gives_zero_mean_unit_variance():
     x = 5 * torch.randn(16, 3, 4, 4, dtype=torch.float64) - 7
-    y = F.batch_norm(x, None, None, training=True, eps=0.0)
+    y = F.batch_norm(x, None, None, training=True, eps=1e-12)
     assert_close(y.mean((0, 2, 3)), torch.zeros(3, dtype=torch.float64))
     assert_close(y.var((0, 2, 3), unbiased=False), torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("eps", "training"), [(0.0, True), (-1.0, True), (-1.0, False)])
+def test_eps_as_torch(eps, training):
+    """eps = 0 is refused in training (a constant channel would divide by 0), as by torch;
+    a negative eps always; eps = 0 in evaluation is allowed and equal to torch's."""
+    x, rm, rv = torch.randn(4, 3), torch.zeros(3), torch.ones(3)
+    with pytest.raises(ValueError, match="eps must be") as theirs:
+        TF.batch_norm(x, rm, rv, training=training, eps=eps)
+    with pytest.raises(ValueError) as ours:
+        F.batch_norm(x, rm, rv, training=training, eps=eps)
+    assert str(ours.value).startswith(str(theirs.value))
+    assert_close(F.batch_norm(x, rm, rv, eps=0.0), TF.batch_norm(x, rm, rv, eps=0.0))
 
 
 def test_momentum_one_makes_running_stats_the_batch():
@@ -178,9 +192,19 @@ def test_stable_variance_on_offset_float32(batch_norm):
             "Expected more than 1 value per channel",
         ),
         (torch.randn(1, 3, 1, 1), {"training": True}, ValueError, "drop_last=True"),
-        (torch.ones(4, 3, dtype=torch.long), {"training": True}, TypeError, "floating-point"),
+        (
+            torch.ones(4, 3, dtype=torch.long),
+            {"training": True},
+            NotImplementedError,
+            "not implemented for torch.int64: batch norm needs a floating-point input",
+        ),
         (torch.randn(4), {"training": True}, ValueError, "at least 2 dimensions"),
-        (torch.randn(4, 3), {"training": False}, ValueError, "needs running_mean"),
+        (
+            torch.randn(4, 3),
+            {"training": False},
+            RuntimeError,
+            "running_mean must be defined in evaluation mode",
+        ),
         (
             torch.randn(4, 3),
             {"training": True, "weight": torch.ones(5)},
@@ -201,19 +225,21 @@ def test_wrong_channel_count_in_running_stats():
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_fast_function_equals_the_reference_function(shape):
-    """Forward, statistics and backward of the two Functions agree to float64 rounding."""
+def test_implementations_agree(shape):
+    """Forward, statistics and backward of the three implementations agree to float64 rounding."""
     torch.manual_seed(0)
     x = (5 * torch.randn(shape, dtype=torch.float64) - 3).requires_grad_()
     gamma = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
     beta = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
     dy = torch.randn(shape, dtype=torch.float64)
     results = []
-    for function in (F.BatchNormFunction, fast.FastBatchNormFunction):
-        y, mean, var = function.apply(x, gamma, beta, 1e-5)
+    for normalise in IMPLEMENTATIONS_.values():
+        y, mean, var = normalise(x, gamma, beta, 1e-5)
+        assert not mean.requires_grad and not var.requires_grad
         results.append((y, mean, var, *torch.autograd.grad(y, (x, gamma, beta), dy)))
-    for ours, reference in zip(*results, strict=True):
-        assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    for other in results[1:]:
+        for ours, reference in zip(other, results[0], strict=True):
+            assert_close(ours, reference, rtol=1e-12, atol=1e-12)
 
 
 def test_channel_sums_match_the_plain_formulas_on_any_layout():
@@ -226,13 +252,140 @@ def test_channel_sums_match_the_plain_formulas_on_any_layout():
 
 
 def test_compiled_batch_norm_matches_torch():
-    """torch.compile of the textbook formula: same outputs, gradients and running statistics."""
+    """torch.compile'd kernels: same outputs, gradients and running statistics."""
     torch.manual_seed(0)
     x = (2 * torch.randn(8, 3, 5, 5) + 1).requires_grad_()
     rm, rv, rm_t, rv_t = torch.zeros(3), torch.ones(3), torch.zeros(3), torch.ones(3)
-    y = F.batch_norm(x, rm, rv, training=True, normalise=fast.compiled_textbook())
+    y = F.batch_norm(x, rm, rv, training=True, normalise=IMPLEMENTATIONS_["compiled"])
     y_t = TF.batch_norm(x, rm_t, rv_t, training=True)
     dy = torch.randn_like(y)
     assert_close(y, y_t, rtol=1e-5, atol=1e-5)
     assert_close(torch.autograd.grad(y, x, dy)[0], torch.autograd.grad(y_t, x, dy)[0])
     assert_close((rm, rv), (rm_t, rv_t))
+
+
+# ----------------------------------------------------------------------------------------------
+# The differential tests beyond first order in float32/64: second derivatives, float16 and
+# bfloat16, autocast, vmap
+
+
+def inputs_for(shape, dtype, affine, seed):
+    torch.manual_seed(seed)
+    x = (3 * torch.randn(shape, dtype=torch.float64) + 2).to(dtype).requires_grad_()
+    C = shape[1]
+    w = torch.rand(C, dtype=torch.float64).add(0.5).to(dtype).requires_grad_() if affine else None
+    b = torch.randn(C, dtype=torch.float64).to(dtype).requires_grad_() if affine else None
+    return x, w, b
+
+
+@IMPLEMENTATIONS
+@settings(max_examples=25, deadline=None)
+@given(
+    shape_index=st.integers(0, len(SHAPES) - 1),
+    training=st.booleans(),
+    affine=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_double_backward_matches_torch(batch_norm, shape_index, training, affine, seed):
+    x, w, b = inputs_for(SHAPES[shape_index], torch.float64, affine, seed)
+    C = x.shape[1]
+    rm, rv = torch.randn(C, dtype=torch.float64), torch.rand(C, dtype=torch.float64) + 0.5
+    inputs = [x] + ([w, b] if affine else [])
+    results = []
+    for function in (batch_norm, TF.batch_norm):
+        y = function(x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-3)
+        first = torch.autograd.grad(y.pow(3).sum(), inputs, create_graph=True)
+        penalty = sum(g.pow(2).sum() for g in first)
+        results.append((first, torch.autograd.grad(penalty, inputs, allow_unused=True)))
+    assert_close(results[0], results[1], rtol=1e-9, atol=1e-9)
+
+
+@IMPLEMENTATIONS
+@settings(max_examples=30, deadline=None)
+@given(
+    shape_index=st.integers(0, len(SHAPES) - 1),
+    dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+    layer_dtype=st.sampled_from(["input", "float32"]),
+    training=st.booleans(),
+    affine=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_low_precision_matches_torch(
+    batch_norm, shape_index, dtype, layer_dtype, training, affine, seed
+):
+    """float16 and bfloat16 inputs, in a layer of the same dtype or float32 (autocast's case):
+    as torch, to a few units of the dtype's precision."""
+    x, w, b = inputs_for(SHAPES[shape_index], dtype, affine, seed)
+    param_dtype = dtype if layer_dtype == "input" else torch.float32
+    if affine:
+        w, b = (t.detach().to(param_dtype).requires_grad_() for t in (w, b))
+    C = x.shape[1]
+    rm = torch.randn(C, dtype=torch.float64).to(param_dtype)
+    rv = (torch.rand(C, dtype=torch.float64) + 0.5).to(param_dtype)
+    rm_t, rv_t = rm.clone(), rv.clone()
+    y = batch_norm(x, rm, rv, w, b, training, 0.1, 1e-3)
+    y_t = TF.batch_norm(x, rm_t, rv_t, w, b, training, 0.1, 1e-3)
+    assert y.dtype == y_t.dtype == dtype and rm.dtype == rm_t.dtype == param_dtype
+    dy = torch.randn_like(y)
+    inputs = [x] + ([w, b] if affine else [])
+    grads = torch.autograd.grad(y, inputs, dy)
+    grads_t = torch.autograd.grad(y_t, inputs, dy)
+    eps = torch.finfo(dtype).eps
+    scale = max(y_t.abs().max().item(), 1.0)
+    assert_close(y, y_t, rtol=4 * eps, atol=4 * eps * scale)
+    for g, g_t in zip(grads, grads_t, strict=True):
+        g_scale = max(g_t.abs().max().item(), 1.0)
+        assert_close(g, g_t, rtol=8 * eps, atol=8 * eps * g_scale)
+    assert_close((rm, rv), (rm_t, rv_t), rtol=4 * eps, atol=4 * eps)
+
+
+@IMPLEMENTATIONS
+@settings(max_examples=20, deadline=None)
+@given(
+    shape_index=st.integers(0, len(SHAPES) - 1),
+    training=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_autocast_matches_torch(batch_norm, shape_index, training, seed):
+    """Under CPU autocast: float32 in, float32 accuracy out, forward and backward, as torch."""
+    x, w, b = inputs_for(SHAPES[shape_index], torch.float32, True, seed)
+    C = x.shape[1]
+    rm, rv = torch.randn(C), torch.rand(C) + 0.5
+    outputs = []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for function in (batch_norm, TF.batch_norm):
+            y = function(x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-3)
+            outputs.append((y, *torch.autograd.grad(y.pow(2).sum(), (x, w, b))))
+    assert outputs[0][0].dtype == torch.float32
+    assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
+
+
+@IMPLEMENTATIONS
+@settings(max_examples=20, deadline=None)
+@given(
+    shape_index=st.integers(0, len(SHAPES) - 1),
+    training=st.booleans(),
+    in_dim=st.sampled_from([0, 1]),
+    seed=st.integers(0, 2**16),
+)
+def test_vmap_matches_torch(batch_norm, shape_index, training, in_dim, seed):
+    """A batch of independent problems through torch.func.vmap: batch statistics (no running
+    buffers) in training, the running ones in evaluation; values and per-problem gradients."""
+    x, w, b = inputs_for(SHAPES[shape_index], torch.float64, True, seed)
+    problems = torch.stack([x.detach(), 2 * x.detach() - 1, x.detach() ** 2], dim=in_dim)
+    C = x.shape[1]
+    rm, rv = torch.randn(C, dtype=torch.float64), torch.rand(C, dtype=torch.float64) + 0.5
+    buffers = (None, None) if training else (rm, rv)
+    results = []
+    for function in (batch_norm, TF.batch_norm):
+
+        def f(x, function=function):
+            return function(x, *buffers, w.detach(), b.detach(), training, 0.1, 1e-3)
+
+        def loss(x, f=f):
+            return f(x).pow(3).sum()
+
+        y = torch.func.vmap(f, in_dims=in_dim)(problems)
+        per_problem = torch.func.vmap(torch.func.grad(loss), in_dims=in_dim)(problems)
+        results.append((y, per_problem))
+    assert_close(results[0], results[1])

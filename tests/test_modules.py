@@ -184,3 +184,80 @@ def test_implementation_is_chosen_by_keyword_and_checked():
     )
     with pytest.raises(ValueError, match="implementation='cuda' is not one of"):
         bnlib.BatchNorm2d(4, implementation="cuda")
+
+
+# ----------------------------------------------------------------------------------------------
+# Edge cases of issue 15: as torch, or a clear error that says what to do
+
+
+def test_old_checkpoint_without_num_batches_tracked_loads_as_in_torch():
+    """Checkpoints of version < 2 (before num_batches_tracked) load; the count is kept."""
+    ours, theirs = bnlib.BatchNorm2d(3), nn.BatchNorm2d(3)
+    assert (
+        ours.state_dict()._metadata[""]["version"] == theirs.state_dict()._metadata[""]["version"]
+    )
+    old = theirs.state_dict()
+    del old["num_batches_tracked"]
+    old._metadata[""]["version"] = 1
+    for layer in (ours, theirs):
+        layer.num_batches_tracked.fill_(7)
+        layer.load_state_dict(old)
+        assert layer.num_batches_tracked.item() == 7
+    old._metadata[""]["version"] = 2  # a current checkpoint missing the key is an error
+    for layer in (ours, theirs):
+        with pytest.raises(RuntimeError, match="Missing key.*num_batches_tracked"):
+            layer.load_state_dict(old)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_torch_jit_script_says_what_to_use_instead():
+    with pytest.raises(TypeError, match=r"torch\.export\.export.*convert\(model, to='torch'\)"):
+        torch.jit.script(nn.Sequential(bnlib.BatchNorm2d(3)))
+    for training in (True, False):
+        layer = bnlib.BatchNorm2d(3).train(training)
+        exported = torch.export.export(layer, (torch.randn(4, 3, 5, 5),)).module()
+        x = torch.randn(4, 3, 5, 5)
+        reference = nn.BatchNorm2d(3).train(training)
+        assert_close(exported(x), reference(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.int32, torch.bool])
+def test_integer_input_raises_not_implemented_as_torch(dtype):
+    x = torch.ones(4, 3, dtype=dtype)
+    with pytest.raises(NotImplementedError) as theirs:
+        nn.BatchNorm1d(3)(x)
+    with pytest.raises(NotImplementedError, match=r"convert it first, for example with x\.float"):
+        bnlib.BatchNorm1d(3)(x)
+    assert str(theirs.value).startswith('"batch_norm" not implemented for')
+
+
+def test_zero_channels_raises_a_clear_error():
+    with pytest.raises(IndexError):  # torch: select(): index 0 out of range
+        nn.BatchNorm1d(0)(torch.randn(4, 0))
+    with pytest.raises(ValueError, match=r"at least one channel, got input of shape \(4, 0\)"):
+        bnlib.BatchNorm1d(0)(torch.randn(4, 0))
+
+
+def test_functional_with_one_running_buffer_raises_as_torch():
+    import torch.nn.functional as TF
+
+    x = torch.randn(4, 3) + 5
+    for training, error in ((True, ValueError), (False, RuntimeError)):
+        for buffers in ((torch.zeros(3), None), (None, torch.ones(3))):
+            with pytest.raises(error) as theirs:
+                TF.batch_norm(x, *buffers, training=training)
+            with pytest.raises(error) as ours:
+                bnlib.functional.batch_norm(x, *buffers, training=training)
+            assert str(ours.value).startswith(str(theirs.value))
+
+
+def test_sync_batch_norm_takes_process_group_sixth_as_torch():
+    import inspect
+
+    ours = list(inspect.signature(bnlib.SyncBatchNorm.__init__).parameters)
+    theirs = list(inspect.signature(nn.SyncBatchNorm.__init__).parameters)
+    positional = theirs[: theirs.index("bias")]  # self, num_features, ..., process_group, ...
+    assert positional[6] == "process_group" and ours[: len(positional)] == positional
+    layer = bnlib.SyncBatchNorm(4, 1e-3, 0.2, True, True, "group", None, torch.float64)
+    assert layer.process_group == "group" and layer.eps == 1e-3 and layer.momentum == 0.2
+    assert layer.weight.dtype == torch.float64
