@@ -52,6 +52,7 @@ __all__ = [
     "backward_plain",
     "backward_with_graph",
     "forward_tangent",
+    "StatisticsFunction",
     "update_running_stats",
     "autocast_disabled",
     "without_autocast",
@@ -320,6 +321,34 @@ def forward_tangent(
     if tangent_beta is not None:
         t_y = t_y + per_channel(tangent_beta, centred)
     return t_y
+
+
+class StatisticsFunction(torch.autograd.Function):
+    """The autograd wiring every training-mode Function of bnlib shares.
+
+    ``forward(x, gamma, beta, eps) -> (y, mean, var)``, x any per-channel shift of the layer's
+    input and mean its per-channel mean: ``setup_context`` saves ``(x, mean, inv_std, gamma)``
+    (x is the node's own input, so a backward asked to build a graph leads back to it), for
+    the backward and for ``jvp`` (forward-mode AD); ``generate_vmap_rule`` gives ``vmap``.
+    Subclasses write ``forward`` and ``backward``.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, gamma, _beta, eps = inputs
+        _y, mean, var = output
+        saved = (x, mean, torch.rsqrt(var + eps), gamma)
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(mean, var)
+
+    @staticmethod
+    def jvp(ctx, t_x, t_gamma, t_beta, _t_eps):
+        x, mean, inv_std, gamma = ctx.saved_tensors
+        return forward_tangent(t_x, t_gamma, t_beta, x, mean, inv_std, gamma), None, None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -48,16 +48,16 @@ __all__ = [
 ]
 
 
-class FastBatchNormFunction(torch.autograd.Function):
+class FastBatchNormFunction(core.StatisticsFunction):
     """Training-mode batch norm, forward and closed-form backward in few passes over memory.
 
     ``(centred, gamma, beta, eps) -> (y, residual, var)``: ``centred`` is the input shifted by any
     per-channel constant (batch norm ignores it; close to the mean, it keeps float32's digits),
     ``residual`` its per-channel mean and ``var`` the biased variance, both (C,) and not
-    differentiable. ``fast_batch_norm`` does the centring and returns the mean.
+    differentiable. ``fast_batch_norm`` does the centring and returns the mean. What the
+    backward needs, ``(centred, residual, inv_std, gamma)``, is saved by ``setup_context``,
+    shared with the other Functions (``core.StatisticsFunction``).
     """
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(centred: Tensor, gamma: Tensor, beta: Tensor, eps: float):
@@ -65,16 +65,6 @@ class FastBatchNormFunction(torch.autograd.Function):
         inv_std = torch.rsqrt(var + eps)
         y = core.apply_affine(centred, residual, inv_std, gamma, beta)  # pass 4: read, write
         return y, residual, var
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        centred, gamma, _beta, eps = inputs
-        _y, residual, var = output
-        saved = (centred, residual, torch.rsqrt(var + eps), gamma)
-        ctx.save_for_backward(*saved)
-        ctx.save_for_forward(*saved)
-        ctx.eps = eps
-        ctx.mark_non_differentiable(residual, var)
 
     @staticmethod
     @core.without_autocast
@@ -88,12 +78,6 @@ class FastBatchNormFunction(torch.autograd.Function):
             dy, centred, residual, inv_std, gamma, dbeta, dgamma, count, out=product
         )
         return dx, dgamma, dbeta, None
-
-    @staticmethod
-    def jvp(ctx, t_centred, t_gamma, t_beta, _t_eps):
-        centred, residual, inv_std, gamma = ctx.saved_tensors
-        t_y = core.forward_tangent(t_centred, t_gamma, t_beta, centred, residual, inv_std, gamma)
-        return t_y, None, None
 
 
 # The default implementation of the modules: ``(x, gamma, beta, eps) -> (y, mean, var)``
@@ -118,28 +102,16 @@ def _eager_here() -> bool:
     return torch._C._are_functorch_transforms_active()
 
 
-class CompiledBatchNormFunction(torch.autograd.Function):
+class CompiledBatchNormFunction(core.StatisticsFunction):
     """``(x, gamma, beta, eps) -> (y, mean, var)`` with ``torch.compile``d kernels: the plain
     forward of ``core.normalise_plain`` and backward of ``core.backward_plain``, each fused into
     a reduction and a loop. Saves x and two (C,) vectors, as PyTorch's kernel. A backward that
     is itself differentiated, or one under ``torch.func``, runs the same formulas uncompiled."""
 
-    generate_vmap_rule = True
-
     @staticmethod
     def forward(x: Tensor, gamma: Tensor, beta: Tensor, eps: float):
         kernel = core.normalise_plain if _eager_here() else compiled_kernel(core.normalise_plain)
         return kernel(x, gamma, beta, eps)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, gamma, _beta, eps = inputs
-        _y, mean, var = output
-        saved = (x, mean, torch.rsqrt(var + eps), gamma)
-        ctx.save_for_backward(*saved)
-        ctx.save_for_forward(*saved)
-        ctx.eps = eps
-        ctx.mark_non_differentiable(mean, var)
 
     @staticmethod
     @core.without_autocast
@@ -149,11 +121,6 @@ class CompiledBatchNormFunction(torch.autograd.Function):
             return (*core.backward_with_graph(dy, x, gamma, ctx.eps), None)
         kernel = core.backward_plain if _eager_here() else compiled_kernel(core.backward_plain)
         return (*kernel(dy, x, mean, inv_std, gamma), None)
-
-    @staticmethod
-    def jvp(ctx, t_x, t_gamma, t_beta, _t_eps):
-        x, mean, inv_std, gamma = ctx.saved_tensors
-        return core.forward_tangent(t_x, t_gamma, t_beta, x, mean, inv_std, gamma), None, None
 
 
 def compiled_batch_norm(x: Tensor, gamma: Tensor, beta: Tensor, eps: float):

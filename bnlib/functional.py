@@ -183,7 +183,7 @@ def batch_norm_backward_staged(
     return dx, dgamma, dbeta
 
 
-class BatchNormFunction(torch.autograd.Function):
+class BatchNormFunction(core.StatisticsFunction):
     """Training-mode batch norm as an autograd node: our forward, our closed-form backward.
 
     ``(x, gamma, beta, eps) -> (y, mean, var)``; the batch statistics come out (not
@@ -193,26 +193,14 @@ class BatchNormFunction(torch.autograd.Function):
     back to x when a graph of the backward is asked for.
 
     Like PyTorch's kernel it saves the input and two (C,) vectors, and recomputes x_hat in the
-    backward. ``setup_context``, ``jvp`` and ``generate_vmap_rule`` make it work with
-    ``torch.func`` (``vmap``, ``grad``, ``jvp``, ``jacrev``) and forward-mode AD.
+    backward. ``core.StatisticsFunction`` gives it ``setup_context``, ``jvp`` and a vmap rule, so
+    it works with ``torch.func`` (``vmap``, ``grad``, ``jvp``, ``jacrev``) and forward-mode AD.
     """
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(x: Tensor, gamma: Tensor, beta: Tensor, eps: float):
         y, (mean, var), _ = batch_norm_forward(x, gamma, beta, eps)
         return y, mean, var
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, gamma, _beta, eps = inputs
-        _y, mean, var = output
-        saved = (x, mean, torch.rsqrt(var + eps), gamma)
-        ctx.save_for_backward(*saved)
-        ctx.save_for_forward(*saved)
-        ctx.eps = eps
-        ctx.mark_non_differentiable(mean, var)
 
     @staticmethod
     @core.without_autocast
@@ -222,11 +210,6 @@ class BatchNormFunction(torch.autograd.Function):
             return (*core.backward_with_graph(dy, x, gamma, ctx.eps), None)
         x_hat = (x - per_channel(mean, x)) * per_channel(inv_std, x)  # recomputed, not saved
         return (*batch_norm_backward(dy, (x_hat, inv_std, gamma)), None)
-
-    @staticmethod
-    def jvp(ctx, t_x, t_gamma, t_beta, _t_eps):
-        x, mean, inv_std, gamma = ctx.saved_tensors
-        return core.forward_tangent(t_x, t_gamma, t_beta, x, mean, inv_std, gamma), None, None
 
 
 # The readable implementation, as the modules call it: ``(x, gamma, beta, eps) -> (y, mean, var)``
