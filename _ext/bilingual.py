@@ -3,8 +3,10 @@
 French chapters live under ``chapters/fr/`` and English ones under ``chapters/en/``, at the same
 paths. On every chapter page this sets ``<html lang="...">``, adds a visible link to the twin page
 and a ``<link rel="alternate" hreflang>`` for it, and warns (an error under ``-W``) when the twin
-is missing. On French pages, numbers glued into the prose are written the French way: a decimal
-comma and a narrow no-break space between thousands (Python's format specs know only one way).
+is missing. French pages get French typography from the build (``french_typography``):
+no-break spaces before ``; : ! ? »`` and after ``«``, a decimal comma, thin spaces between
+thousands, powers of ten instead of e-notation, the minus sign, in the prose and in glued numbers
+(Python's format specs know only one way), never in code or math.
 """
 
 from __future__ import annotations
@@ -50,9 +52,73 @@ def french_number(text: str) -> str:
     return DECIMAL_POINT.sub(",", THOUSANDS.sub("\u202f", text))
 
 
-def french_glued_numbers(app: Sphinx, doctree: nodes.document) -> None:
-    """Rewrite, on French pages, the text that ``{glue:text}`` pasted (its nodes carry the class
-    ``pasted-text``), so that 0.81 reads 0,81 there."""
+# French typography (Imprimerie nationale): a narrow no-break space (U+202F) before ; ! ? % and
+# » and after «, a no-break space (U+00A0) before :, numbers with a decimal comma, narrow no-break
+# spaces between thousands, powers of ten rather than e-notation, and the minus sign (U+2212).
+NNBSP, NBSP, MINUS = "\u202f", "\u00a0", "\u2212"
+_SPACES = "[ \u00a0\u202f]"
+_NOT_IN_A_WORD = r"(?<![\w.,:/\u202f])"  # a number on its own, not part of a name, URL or DOI
+_NUMBER_END = r"(?!(?!x\b)[\w/]|[.,]\d)"  # 1.5x is a number, 1.5b or 1.5/2 not
+_E_NOTATION = re.compile(_NOT_IN_A_WORD + r"(\d+(?:[.,]\d+)?)[eE]([+\-\u2212]?)(\d+)" + _NUMBER_END)
+_DECIMAL = re.compile(_NOT_IN_A_WORD + r"(\d+)\.(\d+)" + _NUMBER_END)
+_LONG_INTEGER = re.compile(_NOT_IN_A_WORD + r"(\d{5,})" + _NUMBER_END)
+_NEGATIVE = re.compile(r"(?<![\w)\]])-(?=\d)")
+_SUPERSCRIPTS = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+
+
+def _power_of_ten(match: re.Match) -> str:
+    mantissa, sign, exponent = match.groups()
+    power = "10" + (("-" if sign in ("-", MINUS) else "") + str(int(exponent))).translate(
+        _SUPERSCRIPTS
+    )
+    mantissa = mantissa.replace(".", ",")
+    return power if mantissa == "1" else f"{mantissa}{NNBSP}×{NNBSP}{power}"
+
+
+def _thousands(match: re.Match) -> str:
+    digits = match.group(1)
+    head = len(digits) % 3 or 3
+    return NNBSP.join([digits[:head]] + [digits[i : i + 3] for i in range(head, len(digits), 3)])
+
+
+def french_typography(text: str) -> str:
+    """Prose written the French way: ``"vaut 2.4e-07 ; soit -0.5: 20000 images!"`` becomes
+    ``"vaut 2,4 × 10⁻⁷ ; soit −0,5 : 20 000 images !"`` (with no-break spaces). Apply it to
+    prose only, never to code, math or a URL."""
+    text = _E_NOTATION.sub(_power_of_ten, text)
+    text = _DECIMAL.sub(r"\1,\2", text)
+    text = _LONG_INTEGER.sub(_thousands, text)
+    text = _NEGATIVE.sub(MINUS, text)
+    text = re.sub(r"(?<=\d)" + _SPACES + "?%", NNBSP + "%", text)  # 95 %, not 95%
+    # before a space, a closing sign or the end: not the ? of a URL's query
+    text = re.sub(_SPACES + r"*([;!?»])(?=[\s)\]»\"'.,;:!?]|$)", NNBSP + r"\1", text)
+    text = re.sub(r"«" + _SPACES + "*", "«" + NNBSP, text)
+    # a colon after a word (or a closing sign), before a space or the end: not 10:30, not https:
+    return re.sub(_SPACES + r"*:(?=\s|$)", NBSP + ":", text)
+
+
+def _is_prose(node: nodes.Text) -> bool:
+    """Whether a text node is prose: not inside code, math, raw HTML, or a link that shows its
+    own URL."""
+    for parent in _ancestors(node):
+        if isinstance(parent, (nodes.literal, nodes.FixedTextElement, nodes.math, nodes.raw)):
+            return False
+        if isinstance(parent, nodes.reference) and parent.get("refuri", "") == parent.astext():
+            return False
+    return True
+
+
+def _ancestors(node: nodes.Node):
+    parent = node.parent
+    while parent is not None:
+        yield parent
+        parent = parent.parent
+
+
+def french_pages(app: Sphinx, doctree: nodes.document) -> None:
+    """On French pages: the numbers that ``{glue:text}`` pasted (nodes of class
+    ``pasted-text``: 0.81 reads 0,81, 12,345 reads 12 345), then French typography on all the
+    prose, titles included (before the table of contents records them)."""
     if page_language(app.env.docname) != "fr":
         return
     for node in list(doctree.findall(nodes.inline)):
@@ -61,6 +127,20 @@ def french_glued_numbers(app: Sphinx, doctree: nodes.document) -> None:
             if french_number(text) != text:
                 node.clear()
                 node += nodes.Text(french_number(text))
+    for node in list(doctree.findall(nodes.Text)):
+        if _is_prose(node):
+            text = french_typography(str(node))
+            if re.match(_SPACES + "?%", text) and _text_before(node)[-1:].isdigit():
+                text = NNBSP + text.lstrip(" \u00a0\u202f")  # a glued number, then " %"
+            if text != str(node):
+                node.parent.replace(node, nodes.Text(text))
+
+
+def _text_before(node: nodes.Text) -> str:
+    """The text of the node just before this one in its paragraph (a glued number, say)."""
+    siblings = node.parent.children
+    index = siblings.index(node)
+    return siblings[index - 1].astext() if index > 0 else ""
 
 
 def check_twins(app: Sphinx, env) -> None:
@@ -89,7 +169,8 @@ def add_language(app: Sphinx, pagename: str, templatename: str, context: dict, d
 
 def setup(app: Sphinx) -> dict:
     app.connect("env-check-consistency", check_twins)
-    app.connect("doctree-read", french_glued_numbers)
+    # before the title collector (priority 500), so the sidebar shows the French titles too
+    app.connect("doctree-read", french_pages, priority=400)
     app.connect("html-page-context", add_language)
     # env_version: a change to what this extension writes into doctrees re-reads every page
-    return {"env_version": 2, "parallel_read_safe": True, "parallel_write_safe": True}
+    return {"env_version": 5, "parallel_read_safe": True, "parallel_write_safe": True}
