@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
+from matplotlib.ticker import ScalarFormatter
 from torch import Tensor
 
 from bnlib.labels import CLASS_NAMES, LABELS, labels
@@ -52,6 +55,49 @@ def number(value: float, lang: str = "en") -> str:
     return text.replace(".", ",") if lang == "fr" else text
 
 
+class FrenchFormatter(ScalarFormatter):
+    """Matplotlib's default tick labels, written the French way: a decimal comma (0,5), and the
+    offset or scale of an axis as a power of ten (×10⁻³), never in e-notation."""
+
+    def __init__(self):
+        super().__init__(useMathText=True)
+
+    def __call__(self, x, pos=None):
+        return _decimal_comma(super().__call__(x, pos))
+
+    def get_offset(self):
+        return _decimal_comma(super().get_offset())
+
+
+def _decimal_comma(text: str) -> str:
+    """0.5 -> 0,5; in mathtext ($...$) {,}, a comma that adds no space after it."""
+    return text.replace(".", "{,}" if text.startswith("$") else ",")
+
+
+def in_language(fig: Figure, lang: str) -> Figure:
+    """The figure with the page's number format on every axis that uses matplotlib's default
+    tick labels (ticks set by hand go through ``number``)."""
+    if lang == "fr":
+        for ax in fig.axes:
+            for axis in (ax.xaxis, ax.yaxis):
+                if type(axis.get_major_formatter()) is ScalarFormatter:
+                    axis.set_major_formatter(FrenchFormatter())
+    return fig
+
+
+def _figure_in_language(plot):
+    """``plot(..., lang)`` returning its figure with ``in_language(fig, lang)`` applied."""
+    signature = inspect.signature(plot)
+
+    @functools.wraps(plot)
+    def wrapped(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return in_language(plot(*args, **kwargs), bound.arguments["lang"])
+
+    return wrapped
+
+
 def _seeds(runs: dict | list) -> list[dict]:
     """One history, or the histories of several seeds, as a list."""
     return runs if isinstance(runs, list) else [runs]
@@ -89,6 +135,7 @@ def _plot_seeds(ax, histories: list[dict], key: str, colour, label: str, scale: 
             ax.plot(h["step"][-1], scale * h[key][-1], "x", ms=8, color=colour)
 
 
+@_figure_in_language
 def plot_activation_drift(
     without_bn: dict | list, with_bn: dict | list, lang: str = "en"
 ) -> Figure:
@@ -148,6 +195,7 @@ def _arrow(ax, start, end, style="-|>", linestyle="-"):
     )
 
 
+@_figure_in_language
 def draw_batch_norm_diagram(lang: str = "en") -> Figure:
     """Where batch norm sits in a network, and the three steps it computes (training mode)."""
     t = labels(lang)
@@ -188,6 +236,7 @@ def draw_batch_norm_diagram(lang: str = "en") -> Figure:
     return fig
 
 
+@_figure_in_language
 def plot_training_curves(runs: dict[str, dict | list[dict]], lang: str = "en") -> Figure:
     """Training loss and test accuracy against steps, one line per family of runs.
 
@@ -208,6 +257,7 @@ def plot_training_curves(runs: dict[str, dict | list[dict]], lang: str = "en") -
     return fig
 
 
+@_figure_in_language
 def plot_sweep(
     values: Sequence[float], runs: dict[str, list[dict]], xlabel: str, lang: str = "en"
 ) -> Figure:
@@ -256,6 +306,7 @@ def plot_sweep(
     return fig
 
 
+@_figure_in_language
 def plot_generalisation(runs: dict[str, dict | list[dict]], lang: str = "en") -> Figure:
     """Final training and test accuracy side by side for each run: the gap is overfitting.
     Over seeds, each bar is the mean, with the seeds' range as an error bar."""
@@ -290,6 +341,7 @@ def plot_generalisation(runs: dict[str, dict | list[dict]], lang: str = "en") ->
     return fig
 
 
+@_figure_in_language
 def plot_landscape(runs: dict[str, list[dict]], lang: str = "en") -> Figure:
     """Three panels from ``bnlib.landscape`` histories (a list of seeds per family): the loss
     variation, the gradient change and the effective beta-smoothness along the gradient,
@@ -307,6 +359,7 @@ def plot_landscape(runs: dict[str, list[dict]], lang: str = "en") -> Figure:
     return fig
 
 
+@_figure_in_language
 def plot_batch_noise(history: dict, lang: str = "en") -> Figure:
     """The noise batch norm adds to one image's features against the mini-batch size (log-log),
     with the 1/sqrt(B) line through the last point for comparison."""
@@ -321,6 +374,7 @@ def plot_batch_noise(history: dict, lang: str = "en") -> Figure:
     return fig
 
 
+@_figure_in_language
 def plot_benchmark(rows: Sequence[dict], lang: str = "en") -> Figure:
     """Forward + backward time of each implementation for one shape (rows of
     ``bnlib.benchmark.benchmark``), slowest at the top, with the memory floor as a dashed line."""
@@ -336,6 +390,7 @@ def plot_benchmark(rows: Sequence[dict], lang: str = "en") -> Figure:
     return fig
 
 
+@_figure_in_language
 def plot_confusion_matrix(
     counts: Tensor, dataset: str = "fashion-mnist", lang: str = "en"
 ) -> Figure:
@@ -358,6 +413,7 @@ def plot_confusion_matrix(
     return fig
 
 
+@_figure_in_language
 def plot_misclassified(
     X: Tensor,
     y: Tensor,
@@ -381,6 +437,7 @@ def plot_misclassified(
     return fig
 
 
+@_figure_in_language
 def plot_seed_spread(arms: dict[str, Interval], difference: Interval, lang: str = "en") -> Figure:
     """Left: each seed's final accuracy in two arms that share their seeds (a thin line joins a
     seed's two runs), with each arm's mean and 95 % interval. Right: each seed's difference

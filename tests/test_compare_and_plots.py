@@ -1,5 +1,8 @@
 """bnlib.compare finds real differences; bnlib.plots labels figures in the page's language."""
 
+import re
+
+import matplotlib.pyplot as plt
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -162,3 +165,38 @@ def test_glue_values_pass_plain_numbers_to_glue(monkeypatch):
     monkeypatch.setattr(myst_nb, "glue", lambda name, value, display: calls.append(value))
     report.glue_values({"x": np.float64(0.25), "t": torch.tensor(3)})
     assert calls == [0.25, 3] and all(type(v) in (float, int) for v in calls)
+
+
+def _tick_labels(fig) -> list[str]:
+    fig.canvas.draw()
+    return [
+        t.get_text()
+        for ax in fig.axes
+        for t in ax.get_xticklabels() + ax.get_yticklabels() + [ax.yaxis.get_offset_text()]
+    ]
+
+
+@pytest.mark.parametrize("lang", ["fr", "en"])
+def test_default_tick_labels_follow_the_page_language(lang):
+    history = {
+        "step": [0, 50, 100],
+        "train_loss": [2.3, 0.6, 0.45],
+        "test_accuracy": [0.7, 0.72, 0.735],
+    }
+    ticks = _tick_labels(plots.plot_training_curves({"with_bn": [history]}, lang))
+    decimals = [t for t in ticks if any(c.isdigit() for c in t) and ("." in t or "," in t)]
+    assert decimals, "the accuracy axis has decimal ticks (69.5, 70.0, ...)"
+    if lang == "fr":
+        assert all("." not in t and "{,}" in t for t in decimals), decimals
+    else:
+        assert all("." in t and "," not in t for t in decimals), decimals
+
+
+def test_french_offsets_are_powers_of_ten_with_a_decimal_comma():
+    fig, ax = plt.subplots()
+    ax.plot([1e-5, 3e-5], [1.5e-7, 2.5e-7])
+    plots.in_language(fig, "fr")
+    ticks = _tick_labels(fig)
+    offset = ax.yaxis.get_offset_text().get_text()
+    assert "10^{" in offset and not re.search(r"\de[-+\u2212]?\d", offset)
+    assert not [t for t in ticks if "." in t]
