@@ -18,6 +18,7 @@ from torch import Tensor
 
 from bnlib import fast
 from bnlib.data import load_tensors, make_loader
+from bnlib.labels import labels
 from bnlib.models import ArticleCNN
 from bnlib.modules import IMPLEMENTATIONS
 from bnlib.training import seconds_per_step, set_seed
@@ -223,31 +224,42 @@ def _measure(shape: tuple[int, ...], config: BenchmarkConfig, generator) -> list
     return rows
 
 
-def format_table(rows: Sequence[dict]) -> str:
-    """The rows of ``benchmark`` as a plain-text table, one block per shape; an unavailable
-    implementation's line gives its reason."""
+def format_table(rows: Sequence[dict], lang: str = "en") -> str:
+    """The rows of ``benchmark`` as a plain-text table in ``lang`` ("en" or "fr", whose numbers
+    take a decimal comma), one block per shape; an unavailable implementation's line gives its
+    reason. The words come from ``bnlib.labels``."""
+    words = labels(lang)
+
+    def number(value: float, spec: str) -> str:
+        text = format(value, spec)
+        return text.replace(".", ",") if lang == "fr" else text
+
     lines = []
     header = (
-        f"{'implementation':<14}{'fwd+bwd ms':>12}{'x native':>10}{'saved MiB':>11}{'x native':>10}"
+        f"{words['table_implementation']:<14}{words['table_fwd_bwd_ms']:>12}"
+        f"{words['table_x_native']:>10}{words['table_saved_mib']:>11}{words['table_x_native']:>10}"
     )
     for shape in dict.fromkeys(row["shape"] for row in rows):
         block = [row for row in rows if row["shape"] == shape]
         floor = block[0]
-        lines.append(
-            f"shape {shape}: floor {floor['floor_bytes'] / 2**20:.1f} MiB moved, "
-            f"{floor['floor_ms']:.2f} ms at this machine's copy bandwidth"
-        )
+        mib, ms = number(floor["floor_bytes"] / 2**20, ".1f"), number(floor["floor_ms"], ".2f")
+        lines.append(words["table_shape"].format(shape=shape, mib=mib, ms=ms))
         lines.append(header)
         for row in block:
+            name = f"{row['implementation']:<14}"
             if not row["available"]:
-                lines.append(f"{row['implementation']:<14}unavailable here: {row['reason']}")
+                lines.append(name + words["table_unavailable"].format(reason=row["reason"]))
                 continue
             lines.append(
-                f"{row['implementation']:<14}{row['ms']:>12.3f}{row['time_ratio']:>10.2f}"
-                f"{row['saved_bytes'] / 2**20:>11.2f}{row['memory_ratio']:>10.2f}"
+                name
+                + number(row["ms"], ">12.3f")
+                + number(row["time_ratio"], ">10.2f")
+                + number(row["saved_bytes"] / 2**20, ">11.2f")
+                + number(row["memory_ratio"], ">10.2f")
             )
             if row["implementation"] == "compiled":
-                lines[-1] += f"   (first call, compiling: {row['first_call_s']:.1f} s)"
+                seconds = number(row["first_call_s"], ".1f")
+                lines[-1] += "   " + words["table_first_call"].format(seconds=seconds)
         lines.append("")
     return "\n".join(lines)
 

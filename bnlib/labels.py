@@ -66,6 +66,16 @@ LABELS = {
         "seed_difference": "with minus without batch norm\n(points, each seed)",
         "mean_interval": "mean and 95% interval",
         "seed": "seed",
+        # the benchmark's plain-text table (bnlib.benchmark.format_table)
+        "table_implementation": "implementation",
+        "table_fwd_bwd_ms": "fwd+bwd ms",
+        "table_x_native": "x native",
+        "table_saved_mib": "saved MiB",
+        "table_shape": (
+            "shape {shape}: floor {mib} MiB moved, {ms} ms at this machine's copy bandwidth"
+        ),
+        "table_unavailable": "unavailable here: {reason}",
+        "table_first_call": "(first call, compiling: {seconds} s)",
     },
     "fr": {
         "step": "pas d'entraînement",
@@ -131,6 +141,17 @@ LABELS = {
         "seed_difference": "avec moins sans normalisation\n(points, par graine)",
         "mean_interval": "moyenne et intervalle à 95 %",
         "seed": "graine",
+        # the benchmark's plain-text table (bnlib.benchmark.format_table)
+        "table_implementation": "implémentation",
+        "table_fwd_bwd_ms": "av.+arr. ms",
+        "table_x_native": "x natif",
+        "table_saved_mib": "Mio gardés",
+        "table_shape": (
+            "forme {shape} : plancher de {mib} Mio déplacés, "
+            "{ms} ms au débit de copie de cette machine"
+        ),
+        "table_unavailable": "indisponible ici : {reason}",
+        "table_first_call": "(premier appel, compilation comprise : {seconds} s)",
     },
 }
 

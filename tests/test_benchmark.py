@@ -70,6 +70,77 @@ def test_benchmark_rows_and_table():
     assert "shape (8, 4, 5, 5): floor" in table and table.count("fast ") == 2
 
 
+def table_rows():
+    """Rows as ``benchmark`` returns them, for two shapes; the second's compiled one unavailable."""
+
+    def row(shape, name, ms, saved_mib, first_call_s=0.01):
+        return {
+            "shape": shape,
+            "implementation": name,
+            "available": True,
+            "reason": None,
+            "ms": ms,
+            "first_call_s": first_call_s,
+            "saved_bytes": saved_mib * 2**20,
+            "floor_ms": 0.25,
+            "floor_bytes": 3 * 2**20,
+            "time_ratio": ms / 1.25,
+            "memory_ratio": saved_mib / 2,
+        }
+
+    nan = float("nan")
+    unavailable = {"available": False, "reason": "BackendCompilerFailed: RuntimeError"}
+    return [
+        row((8, 4, 5, 5), "fast", 1.5, 2),
+        row((8, 4, 5, 5), "compiled", 2.5, 1, first_call_s=12.25),
+        row((8, 4, 5, 5), "native", 1.25, 2),
+        row((16, 4), "compiled", nan, nan, first_call_s=nan) | unavailable,
+        row((16, 4), "native", 1.25, 2),
+    ]
+
+
+def test_table_in_english():
+    """The English table, word for word as before it had a ``lang``: the script's, the pages'."""
+    assert B.format_table(table_rows()).splitlines() == [
+        "shape (8, 4, 5, 5): floor 3.0 MiB moved, 0.25 ms at this machine's copy bandwidth",
+        "implementation  fwd+bwd ms  x native  saved MiB  x native",
+        "fast                 1.500      1.20       2.00      1.00",
+        "compiled             2.500      2.00       1.00      0.50"
+        "   (first call, compiling: 12.2 s)",
+        "native               1.250      1.00       2.00      1.00",
+        "",
+        "shape (16, 4): floor 3.0 MiB moved, 0.25 ms at this machine's copy bandwidth",
+        "implementation  fwd+bwd ms  x native  saved MiB  x native",
+        "compiled      unavailable here: BackendCompilerFailed: RuntimeError",
+        "native               1.250      1.00       2.00      1.00",
+    ]
+
+
+def test_table_in_french_has_french_words_and_decimal_commas():
+    """The same table for a French page: its words, a decimal comma, the same columns; the
+    implementations keep their names and the compiler's reason its words."""
+    english = B.format_table(table_rows()).splitlines()
+    french = B.format_table(table_rows(), lang="fr").splitlines()
+    assert french == [
+        "forme (8, 4, 5, 5) : plancher de 3,0 Mio déplacés, "
+        "0,25 ms au débit de copie de cette machine",
+        "implémentation av.+arr. ms   x natif Mio gardés   x natif",
+        "fast                 1,500      1,20       2,00      1,00",
+        "compiled             2,500      2,00       1,00      0,50"
+        "   (premier appel, compilation comprise : 12,2 s)",
+        "native               1,250      1,00       2,00      1,00",
+        "",
+        "forme (16, 4) : plancher de 3,0 Mio déplacés, 0,25 ms au débit de copie de cette machine",
+        "implémentation av.+arr. ms   x natif Mio gardés   x natif",
+        "compiled      indisponible ici : BackendCompilerFailed: RuntimeError",
+        "native               1,250      1,00       2,00      1,00",
+    ]
+    columns = [1, 2, 4, 7, 9]  # the headers and the measured rows keep their widths
+    assert [len(french[i]) for i in columns] == [len(english[i]) for i in columns]
+    with pytest.raises(ValueError, match="lang must be one of"):
+        B.format_table(table_rows(), lang="de")
+
+
 def failing_compiler(error: Exception):
     """A stand-in for ``fast.compiled_kernel`` on a machine whose compiler fails: the compiled
     kernel raises ``error`` on its first call, as torch.compile does."""

@@ -1,18 +1,21 @@
 """The book's sources: French and English twins match, notebooks are clean, Colab set-up agrees
 with the book's configuration."""
 
+import ast
 import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from translations import TRANSLATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = ROOT / "chapters"
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 NOTEBOOKS = sorted(p.relative_to(CHAPTERS / "fr") for p in (CHAPTERS / "fr").glob("*.ipynb"))
 LANG_CELL = re.compile(r'^LANG = "(fr|en)"$')
+IPYTHON_LINE = re.compile(r"^\s*[%!]")
 
 
 def pages(lang):
@@ -45,14 +48,157 @@ def test_same_chapters_in_both_languages_and_in_the_toc():
     ]
 
 
+def code_cells(path):
+    """(id, source) of each code cell of a notebook."""
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    return [
+        (c.get("id"), "".join(c["source"])) for c in notebook["cells"] if c["cell_type"] == "code"
+    ]
+
+
+def parse_cell(source):
+    """A code cell as Python: its tree, the source the tree was parsed from, and its IPython lines
+    (``%pip ...``, ``!ls``), which are not Python, kept as raw text and masked by ``pass``."""
+    lines = source.split("\n")
+    ipython = [line for line in lines if IPYTHON_LINE.match(line)]
+    python = "\n".join(
+        line[: len(line) - len(line.lstrip())] + "pass" if IPYTHON_LINE.match(line) else line
+        for line in lines
+    )
+    return ast.parse(python), python, ipython
+
+
+def string_literals(tree, source):
+    """The source text of each string literal of a tree (an f-string counts as one), in order."""
+    found = []
+
+    class Finder(ast.NodeVisitor):
+        def visit_JoinedStr(self, node):  # its parts belong to it: not visited on their own
+            found.append(ast.get_source_segment(source, node))
+
+        def visit_Constant(self, node):
+            if isinstance(node.value, str):
+                found.append(ast.get_source_segment(source, node))
+
+    Finder().visit(tree)
+    return found
+
+
+class ToEnglish(ast.NodeTransformer):
+    """Replaces each string literal found in ``translations`` by its English original."""
+
+    def __init__(self, source, translations):
+        self.source, self.translations = source, translations
+
+    def swap(self, node):
+        text = ast.get_source_segment(self.source, node)
+        if text not in self.translations:
+            return node
+        return ast.parse(self.translations[text], mode="eval").body
+
+    def visit_JoinedStr(self, node):
+        return self.swap(node)
+
+    def visit_Constant(self, node):
+        return self.swap(node) if isinstance(node.value, str) else node
+
+
+def assert_same_code(cell_id, french, english, translations=TRANSLATIONS):
+    """The French cell is the English one but for its comments and the translated strings: the
+    same IPython lines, and the same Python once each French literal of ``translations`` is
+    replaced by its English original."""
+    fr_tree, fr_source, fr_ipython = parse_cell(french)
+    en_tree, en_source, en_ipython = parse_cell(english)
+    assert fr_ipython == en_ipython, f"cell {cell_id}: IPython lines differ: {fr_ipython}"
+    for fr, en in zip(
+        string_literals(fr_tree, fr_source), string_literals(en_tree, en_source), strict=False
+    ):
+        assert translations.get(fr, fr) == en, (
+            f"cell {cell_id}: the French literal {fr} is not the English {en} "
+            "nor its translation in tests/translations.py"
+        )
+    translated = ToEnglish(fr_source, translations).visit(fr_tree)
+    assert ast.dump(translated) == ast.dump(en_tree), (
+        f"cell {cell_id}: the code differs from the English twin's beyond comments and the "
+        f"strings of tests/translations.py:\n{french}"
+    )
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS, ids=str)
 def test_twins_share_their_code_but_the_language_cell(name):
-    fr, en = cells(CHAPTERS / "fr" / name, "code"), cells(CHAPTERS / "en" / name, "code")
+    """Twin code cells differ only in comments, in the strings of ``TRANSLATIONS`` and in the
+    LANG cell, ``LANG = "fr"`` in French and ``LANG = "en"`` in English."""
+    fr, en = code_cells(CHAPTERS / "fr" / name), code_cells(CHAPTERS / "en" / name)
     assert len(fr) == len(en)
-    differing = [(a, b) for a, b in zip(fr, en, strict=True) if a != b]
-    assert len(differing) <= 1, f"code cells differ beyond the LANG cell: {differing}"
-    for a, b in differing:
-        assert LANG_CELL.match(a).group(1) == "fr" and LANG_CELL.match(b).group(1) == "en"
+    for (cell_id, french), (_, english) in zip(fr, en, strict=True):
+        languages = [m and m.group(1) for m in (LANG_CELL.match(french), LANG_CELL.match(english))]
+        if any(languages):
+            assert languages == ["fr", "en"], f"cell {cell_id}: the LANG cells are {languages}"
+        else:
+            assert_same_code(cell_id, french, english)
+
+
+def test_every_translation_is_used():
+    """``TRANSLATIONS`` holds strings of the French cells, and nothing else: no stale pair."""
+    used = set()
+    for name in NOTEBOOKS:
+        for _, source in code_cells(CHAPTERS / "fr" / name):
+            tree, python, _ = parse_cell(source)
+            used.update(string_literals(tree, python))
+    assert set(TRANSLATIONS) <= used, sorted(set(TRANSLATIONS) - used)
+
+
+ENGLISH_CELL = """\
+import sys
+
+if "google.colab" in sys.modules:  # on Colab: install bnlib
+    %pip install -q bnlib
+x = 3 + 2 * torch.randn(8, 4)  # a mini-batch
+print("weight (gamma):", x.mean(0), f"{x.shape[0]} examples")
+"""
+
+
+def test_twin_cells_may_differ_in_comments_and_registered_strings():
+    """Comments may differ, one line or several, and the strings of the table."""
+    french = (
+        ENGLISH_CELL.replace("# on Colab: install bnlib", "# sur Colab : installer bnlib")
+        .replace("# a mini-batch", "# un mini-lot,\n# sur deux lignes")
+        .replace('"weight (gamma):"', '"weight (gamma) :"')
+        .replace('f"{x.shape[0]} examples"', 'f"{x.shape[0]} exemples"')
+    )
+    table = {
+        '"weight (gamma) :"': '"weight (gamma):"',
+        'f"{x.shape[0]} exemples"': 'f"{x.shape[0]} examples"',
+    }
+    assert_same_code("cell-fr", french, ENGLISH_CELL, table)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("3 + 2 *", "3 + 4 *"),  # a number
+        ("x.mean(0)", "x.mean(1)"),  # an argument
+        ("x = 3", "y = 3"),  # a name
+        ("%pip install -q bnlib", "%pip install bnlib"),  # an IPython line
+        ('print("weight (gamma):", x.mean(0),', 'print("weight (gamma) :", x.mean(0), x,'),
+    ],
+)
+def test_twin_cells_may_not_differ_in_code(old, new):
+    """Registered strings aside, a change in the code fails, and the message names the cell."""
+    french = ENGLISH_CELL.replace(old, new)
+    assert french != ENGLISH_CELL
+    with pytest.raises(AssertionError, match="^cell cell-fr: "):
+        assert_same_code(
+            "cell-fr", french, ENGLISH_CELL, {'"weight (gamma) :"': '"weight (gamma):"'}
+        )
+
+
+def test_an_unregistered_string_fails_with_its_cell_and_literal():
+    french = ENGLISH_CELL.replace('"google.colab"', '"google.colab.fr"')
+    with pytest.raises(
+        AssertionError, match='^cell cell-fr: the French literal "google.colab.fr" '
+    ):
+        assert_same_code("cell-fr", french, ENGLISH_CELL, {})
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS, ids=str)
