@@ -36,8 +36,20 @@ data: $(INSTALLED)
 	fi
 	$(BIN)/python -m bnlib.data
 
+# Each language is its own edition (its interface, search and sidebar in that language alone),
+# built from the root _config.yml and _toc.yml by scripts/editions.py, English first (the French
+# chapters then read the experiments it cached), and put side by side in _build/html/{fr,en}
+# under a page that lets the reader choose. A plain `jupyter-book build .` builds both languages
+# as one book instead.
+EDITIONS := en fr
 book: setup
-	$(BIN)/jupyter-book build $(BUILD_FLAGS) .
+	$(BIN)/python scripts/editions.py configs
+	for lang in $(EDITIONS); do \
+	  $(BIN)/jupyter-book build $(BUILD_FLAGS) . --path-output _build/editions/$$lang \
+	    --config _build/editions/$$lang/_config.yml --toc _build/editions/$$lang/_toc.yml \
+	    || exit 1; \
+	done
+	$(BIN)/python scripts/editions.py site
 	@echo "The book is in $(CURDIR)/_build/html/index.html (make serve to browse it)"
 
 lint: $(INSTALLED)

@@ -3,7 +3,9 @@
 French chapters live under ``chapters/fr/`` and English ones under ``chapters/en/``, at the same
 paths. On every chapter page this sets ``<html lang="...">``, adds a visible link to the twin page
 and a ``<link rel="alternate" hreflang>`` for it, and warns (an error under ``-W``) when the twin
-is missing. French pages get French typography from the build (``french_typography``):
+is missing. The twin is in the same book, or, when each language is built as its own edition
+(``bilingual_edition = "fr"``, see ``scripts/editions.py``), in the other edition's folder.
+French pages get French typography from the build (``french_typography``):
 no-break spaces before ``; : ! ? »`` and after ``«``, a decimal comma, thin spaces between
 thousands, powers of ten instead of e-notation, the minus sign, in the prose and in glued numbers
 (Python's format specs know only one way), never in code or math.
@@ -13,10 +15,13 @@ from __future__ import annotations
 
 import re
 from html import escape
+from pathlib import Path
 
 from docutils import nodes
+from sphinx import locale
 from sphinx.application import Sphinx
 from sphinx.util import logging
+from sphinx.util.i18n import CatalogInfo
 
 logger = logging.getLogger(__name__)
 
@@ -144,10 +149,31 @@ def _text_before(node: nodes.Text) -> str:
 
 
 def check_twins(app: Sphinx, env) -> None:
+    """Every chapter page has its twin: in this build, or, in an edition, among the sources (the
+    twin is built by the other edition)."""
     for docname in sorted(env.found_docs):
         twin = twin_of(docname)
-        if twin and twin[1] not in env.found_docs:
+        if twin is None:
+            continue
+        if app.config.bilingual_edition:
+            found = any(Path(app.srcdir, twin[1] + suffix).is_file() for suffix in SOURCE_SUFFIXES)
+        else:
+            found = twin[1] in env.found_docs
+        if not found:
             logger.warning("%s has no twin: add %s", docname, twin[1], location=docname)
+
+
+SOURCE_SUFFIXES = (".ipynb", ".md")
+
+
+def twin_href(app: Sphinx, pagename: str, twin_name: str) -> str:
+    """The link from a page to its twin: within the book, or, when each language is its own
+    edition (``bilingual_edition``), into the other edition's folder next to this one."""
+    if not app.config.bilingual_edition:
+        return app.builder.get_relative_uri(pagename, twin_name)
+    other = twin_name.split("/")[1]
+    to_edition_root = "../" * pagename.count("/")
+    return f"{to_edition_root}../{other}/{app.builder.get_target_uri(twin_name)}"
 
 
 def add_language(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
@@ -156,7 +182,7 @@ def add_language(app: Sphinx, pagename: str, templatename: str, context: dict, d
         return
     other, twin_name = twin
     context["language"] = page_language(pagename)
-    href = escape(app.builder.get_relative_uri(pagename, twin_name))
+    href = escape(twin_href(app, pagename, twin_name))
     label = LANGUAGES[other]["switch"]
     context["body"] = (
         f'<p class="language-switch"><a href="{href}" hreflang="{other}" lang="{other}">'
@@ -167,10 +193,28 @@ def add_language(app: Sphinx, pagename: str, templatename: str, context: dict, d
     )
 
 
+def theme_words(app: Sphinx) -> None:
+    """The words of sphinx-book-theme's launch buttons that its own catalog lacks in the book's
+    language: ``<locale_dirs>/<language>/LC_MESSAGES/booktheme.po``, compiled, then added behind
+    the theme's catalog (its own translations come first). The words of its templates go through
+    Sphinx's catalog (``sphinx.po``, compiled by Sphinx) and ``_templates/components``."""
+    language = app.config.language
+    for locale_dir in app.config.locale_dirs:
+        base = Path(app.confdir, locale_dir)
+        catalog = CatalogInfo(str(base / language / "LC_MESSAGES"), "booktheme", "utf-8")
+        if Path(catalog.po_path).is_file():
+            if catalog.is_outdated():
+                catalog.write_mo(language)
+            locale.init([str(base)], language, "booktheme")
+
+
 def setup(app: Sphinx) -> dict:
+    # "fr" or "en" when this build is one language's edition (scripts/editions.py), else None
+    app.add_config_value("bilingual_edition", None, "env")
     app.connect("env-check-consistency", check_twins)
     # before the title collector (priority 500), so the sidebar shows the French titles too
     app.connect("doctree-read", french_pages, priority=400)
     app.connect("html-page-context", add_language)
+    app.connect("builder-inited", theme_words)
     # env_version: a change to what this extension writes into doctrees re-reads every page
     return {"env_version": 5, "parallel_read_safe": True, "parallel_write_safe": True}

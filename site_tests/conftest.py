@@ -23,10 +23,29 @@ CHROMIUM_FLAGS = [
 
 
 def book_pages() -> list[str]:
-    """Every page of the table of contents, as paths of HTML files relative to the site."""
+    """Every page of the built site (``make book``), as paths of HTML files relative to it: the
+    root page that lets the reader choose, then each edition's pages under its language code
+    (``fr/chapters/fr/what-is-it.html``), in the order of ``_toc.yml``."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]] + [c["file"] for part in toc["parts"] for c in part["chapters"]]
-    return [f"{f}.html" for f in files]
+    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    return ["index.html"] + [f"{language_of(f)}/{f}.html" for f in files]
+
+
+def language_of(path: str) -> str:
+    """ "fr" for ``chapters/fr/...`` or ``fr/chapters/fr/...``."""
+    return path.split("/")[path.split("/").index("chapters") + 1]
+
+
+def source_of(page: str) -> str:
+    """A built page's source, without suffix: ``fr/chapters/fr/x.html`` -> ``chapters/fr/x``."""
+    return page.split("/", 1)[1].removesuffix(".html")
+
+
+def twin_page(page: str) -> str:
+    """The page in the other edition: ``fr/chapters/fr/x.html`` -> ``en/chapters/en/x.html``."""
+    lang = language_of(page)
+    other = "en" if lang == "fr" else "fr"
+    return page.replace(f"{lang}/chapters/{lang}/", f"{other}/chapters/{other}/")
 
 
 @pytest.fixture(scope="session")

@@ -4,15 +4,15 @@ from urllib.parse import urlparse
 
 import pytest
 
-from conftest import book_pages
+from conftest import book_pages, language_of, twin_page
 
 PAGES = book_pages()
 # one screenshot per kind of page
 SCREENSHOT_OF = {
     "index.html": "landing",
-    "chapters/fr/what-is-it.html": "chapter-fr",
-    "chapters/en/how-it-works.html": "chapter-en-math",
-    "chapters/en/references.html": "references",
+    "fr/chapters/fr/what-is-it.html": "chapter-fr",
+    "en/chapters/en/how-it-works.html": "chapter-en-math",
+    "en/chapters/en/references.html": "references",
 }
 
 
@@ -56,26 +56,29 @@ def test_page_loads_offline_with_math_and_images(browser, server, screenshots, p
     page.close()
 
 
-@pytest.mark.parametrize("path", [p for p in PAGES if p.startswith("chapters/")])
+@pytest.mark.parametrize("path", [p for p in PAGES if "/chapters/" in p])
 def test_language_switch_reaches_the_twin(browser, server, path):
-    lang = path.split("/")[1]
+    lang = language_of(path)
     other = "en" if lang == "fr" else "fr"
     page, _, problems = open_page(browser, f"{server}/{path}")
     assert page.get_attribute("html", "lang") == lang
     page.click("p.language-switch a")
     page.wait_for_load_state("networkidle")
-    assert page.url == f"{server}/{path.replace(f'/{lang}/', f'/{other}/')}"
+    assert page.url == f"{server}/{twin_page(path)}"
     assert page.get_attribute("html", "lang") == other
     assert problems == {"console": [], "outside": []}
     page.close()
 
 
-@pytest.mark.parametrize("query", ["batch", "lots"])
-def test_search_finds_pages(browser, server, screenshots, query):
-    page, _, problems = open_page(browser, f"{server}/search.html?q={query}")
+@pytest.mark.parametrize(("lang", "query"), [("en", "batch"), ("fr", "lots")])
+def test_each_edition_searches_its_own_pages(browser, server, screenshots, lang, query):
+    page, _, problems = open_page(browser, f"{server}/{lang}/search.html?q={query}")
     page.wait_for_selector("#search-results ul.search li", timeout=15000)
-    assert page.locator("#search-results ul.search li").count() > 0
-    if query == "lots":
+    results = page.locator("#search-results ul.search li a")
+    assert results.count() > 0
+    hrefs = [results.nth(i).get_attribute("href") for i in range(results.count())]
+    assert all(f"chapters/{lang}/" in href for href in hrefs), hrefs
+    if lang == "fr":
         page.screenshot(path=screenshots / "search.png")
     assert problems == {"console": [], "outside": []}
     page.close()

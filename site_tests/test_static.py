@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from conftest import ROOT, book_pages
+from conftest import ROOT, book_pages, language_of, source_of, twin_page
 
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 EXTERNAL = re.compile(r"^(?:https?:)?//", re.IGNORECASE)
@@ -15,7 +15,7 @@ RESOURCE_ATTRS = re.compile(
     re.IGNORECASE,
 )
 CSS_URLS = re.compile(r"(?:url\(\s*[\"']?|@import\s+[\"'])([^\"')\s]+)", re.IGNORECASE)
-CHAPTER_PAGES = [p for p in book_pages() if p.startswith("chapters/")]
+CHAPTER_PAGES = [p for p in book_pages() if "/chapters/" in p]
 
 
 def external_resources(site):
@@ -50,31 +50,32 @@ def test_no_widget_state_or_cdn_in_outputs(site):
 
 
 def test_math_is_served_from_the_site(site):
-    page = (site / "chapters/en/how-it-works.html").read_text()
-    assert re.search(r'<script[^>]+src="[./]*_static/mathjax/tex-chtml\.js', page)
-    assert (site / "_static/mathjax/tex-chtml.js").is_file()
+    for lang in ("fr", "en"):
+        page = (site / f"{lang}/chapters/{lang}/how-it-works.html").read_text()
+        assert re.search(r'<script[^>]+src="[./]*_static/mathjax/tex-chtml\.js', page)
+        assert (site / lang / "_static/mathjax/tex-chtml.js").is_file()
 
 
 @pytest.mark.parametrize("page", CHAPTER_PAGES)
 def test_each_chapter_declares_its_language_and_links_its_twin(site, page):
-    lang = page.split("/")[1]
+    lang = language_of(page)
     other = "en" if lang == "fr" else "fr"
     html = (site / page).read_text()
     assert f'<html lang="{lang}"' in html
     switch = re.search(r'<p class="language-switch"><a href="([^"]+)" hreflang="(\w+)"', html)
     assert switch and switch.group(2) == other
     assert (site / page).parent.joinpath(switch.group(1)).resolve() == (
-        site / page.replace(f"/{lang}/", f"/{other}/")
+        site / twin_page(page)
     ).resolve()
 
 
 @pytest.mark.parametrize(
-    "page", [p for p in CHAPTER_PAGES if (ROOT / p).with_suffix(".ipynb").exists()]
+    "page", [p for p in CHAPTER_PAGES if (ROOT / source_of(p)).with_suffix(".ipynb").exists()]
 )
 def test_colab_launch_link_is_well_formed(site, page):
     repository = CONFIG["repository"]
     owner_repo = repository["url"].removeprefix("https://github.com/")
-    notebook = page.removesuffix(".html") + ".ipynb"
+    notebook = source_of(page) + ".ipynb"
     expected = f"https://colab.research.google.com/github/{owner_repo}/blob/{repository['branch']}/{notebook}"
     assert expected in (site / page).read_text()
 

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import ROOT, book_pages
 
-FRENCH = [p for p in book_pages() if p.startswith("chapters/fr/")]
-ENGLISH = [p for p in book_pages() if p.startswith("chapters/en/")]
+FRENCH = [p for p in book_pages() if "/chapters/fr/" in p]
+ENGLISH = [p for p in book_pages() if "/chapters/en/" in p]
 NNBSP, NBSP = "\u202f", "\u00a0"
 
 spec = importlib.util.spec_from_file_location("bilingual", ROOT / "_ext" / "bilingual.py")
