@@ -18,7 +18,7 @@ from torch import Tensor
 
 from bnlib import fast
 from bnlib.data import load_tensors, make_loader
-from bnlib.labels import labels
+from bnlib.labels import formatted, labels
 from bnlib.models import ArticleCNN
 from bnlib.modules import IMPLEMENTATIONS
 from bnlib.training import seconds_per_step, set_seed
@@ -231,8 +231,7 @@ def format_table(rows: Sequence[dict], lang: str = "en") -> str:
     words = labels(lang)
 
     def number(value: float, spec: str) -> str:
-        text = format(value, spec)
-        return text.replace(".", ",") if lang == "fr" else text
+        return formatted(value, spec, lang)
 
     lines = []
     header = (

@@ -4,7 +4,7 @@ Figures are labelled in the language of the page that draws them: every plotting
 ``lang`` and looks its words up here.
 """
 
-__all__ = ["LABELS", "CLASS_NAMES", "labels"]
+__all__ = ["LABELS", "CLASS_NAMES", "labels", "formatted"]
 
 LABELS = {
     "en": {
@@ -192,3 +192,9 @@ def labels(lang: str) -> dict[str, str]:
     if lang not in LABELS:
         raise ValueError(f"lang must be one of {sorted(LABELS)}, got {lang!r}")
     return LABELS[lang]
+
+
+def formatted(value: float, spec: str, lang: str) -> str:
+    """``format(value, spec)`` in the page's language: a decimal comma in French (0.3 -> "0,3")."""
+    text = format(value, spec)
+    return text.replace(".", ",") if lang == "fr" else text

@@ -12,7 +12,7 @@ from matplotlib.patches import FancyBboxPatch
 from matplotlib.ticker import ScalarFormatter
 from torch import Tensor
 
-from bnlib.labels import CLASS_NAMES, LABELS, labels
+from bnlib.labels import CLASS_NAMES, LABELS, formatted, labels
 from bnlib.stats import Interval
 
 __all__ = [
@@ -51,8 +51,7 @@ COLOURS = {
 
 def number(value: float, lang: str = "en") -> str:
     """``value`` in its shortest form, with a decimal comma in French (0.3 -> "0,3")."""
-    text = f"{value:g}"
-    return text.replace(".", ",") if lang == "fr" else text
+    return formatted(value, "g", lang)
 
 
 class FrenchFormatter(ScalarFormatter):
