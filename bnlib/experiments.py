@@ -569,6 +569,9 @@ class ReadingsConfig:
     ``trained`` is a ``Seeds`` of a ``RunConfig`` with ``keep_state=True``, run (or read from
     the cache) first; ``seed`` draws the recalibration mini-batches (the same for every
     network) and the dropout masks of the readings in training mode.
+
+    The paper's MLPs are read all at once, as one ``StackedMLP`` (the same readings, to float
+    rounding; dropout masks are then drawn for every network at once).
     """
 
     trained: Seeds
@@ -591,6 +594,8 @@ def readings(config: ReadingsConfig) -> list[dict]:
     X, y = load_tensors(trained.dataset, train=True, limit=trained.train_limit)  # as in training
     X_test, y_test = load_tensors(trained.dataset, train=False)
     X_test, y_test = X_test[: config.eval_size], y_test[: config.eval_size]
+    if trained.model == "mlp":
+        return _stacked_readings(config, run(config.trained), (X, y), (X_test, y_test))
     results = []
     for history in run(config.trained):
         net = trained_model(history)
@@ -606,6 +611,31 @@ def readings(config: ReadingsConfig) -> list[dict]:
         }
         results.append(result)
     return results
+
+
+def _stacked_readings(config: ReadingsConfig, histories: list[dict], train, test) -> list[dict]:
+    """``readings`` of trained MLPs, every seed at once: one pass of a ``StackedMLP`` reads all
+    the networks (a small network on a CPU costs its per-operation overhead, whatever S)."""
+    net = StackedMLP([trained_model(h) for h in histories])
+    running = evaluate_stacked(net, *test)[1]
+    recalibrated = {}
+    for size in config.recalibrated:
+        batches = make_loader(*train, size, seed=config.seed)  # the same for every network
+        fresh = recalibrate(copy.deepcopy(net), batches, config.recal_images // size)
+        recalibrated[size] = evaluate_stacked(fresh, *test)[1]
+    set_seed(config.seed)  # the dropout masks, if any
+    own = {
+        size: evaluate_stacked(copy.deepcopy(net), *test, size, train_mode=True)[1]
+        for size in config.own_statistics
+    }
+    return [
+        {
+            "running": running[s],
+            "recalibrated": {size: values[s] for size, values in recalibrated.items()},
+            "own_statistics": {size: values[s] for size, values in own.items()},
+        }
+        for s in range(len(histories))
+    ]
 
 
 # ----------------------------------------------------------------------------------------------

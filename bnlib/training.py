@@ -261,12 +261,13 @@ def train_stacked_steps(
 
 @torch.no_grad()
 def evaluate_stacked(
-    model: nn.Module, X: Tensor, y: Tensor, batch_size: int = 1000
+    model: nn.Module, X: Tensor, y: Tensor, batch_size: int = 1000, train_mode: bool = False
 ) -> tuple[list[float], list[float]]:
-    """``evaluate`` for every seed of a stacked model on the same (X, y), in eval mode: the
-    mean negative log-likelihood and the accuracy of each seed, two lists of S numbers."""
+    """``evaluate`` for every seed of a stacked model on the same (X, y), in eval mode (or, with
+    ``train_mode=True``, in training mode, as ``evaluate``): the mean negative log-likelihood and
+    the accuracy of each seed, two lists of S numbers."""
     was_training = model.training
-    model.eval()
+    model.train(train_mode)
     device = next(model.parameters()).device
     loss = torch.zeros(model.num_seeds, dtype=torch.float64)
     correct = torch.zeros(model.num_seeds, dtype=torch.long)
