@@ -2,6 +2,7 @@
 with the book's configuration."""
 
 import ast
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -230,3 +231,60 @@ def test_notebooks_are_committed_clean_and_install_bnlib_on_colab(path):
 def test_colab_launch_is_configured():
     assert CONFIG["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
     assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", CONFIG["repository"]["url"])
+
+
+def _checks_module():
+    spec = importlib.util.spec_from_file_location("checks_cells", ROOT / "scripts/checks_cells.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+checks_cells = _checks_module()
+
+
+@pytest.mark.parametrize(
+    "path", sorted(CHAPTERS.rglob("*.ipynb")), ids=lambda p: str(p.relative_to(CHAPTERS))
+)
+def test_the_plumbing_is_behind_the_checks_toggle(path):
+    """No visible code cell ends with glue or asserts that could move to a checks cell, and every
+    checks cell (all glue and asserts) is folded, with the toggle's words in its language."""
+    lang = path.parent.name
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    for cell in notebook["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        tags = cell["metadata"].get("tags", [])
+        show, hide = checks_cells.WORDS[lang]
+        made = cell["metadata"].get("mystnb", {}).get("code_prompt_show") in {
+            words[0] for words in checks_cells.WORDS.values()
+        }
+        if made or checks_cells.all_plumbing(source):
+            assert "hide-input" in tags, f"{cell['id']}: a checks cell must be folded"
+            assert cell["metadata"]["mystnb"] == {
+                "code_prompt_show": show,
+                "code_prompt_hide": hide,
+            }, cell["id"]
+        elif "hide-input" not in tags:
+            assert checks_cells.plan(source) is None, (
+                f"{cell['id']}: its glue and asserts can move to a checks cell: run "
+                "python scripts/checks_cells.py"
+            )
+
+
+def test_checks_move_after_the_teaching_code_only_where_nothing_changes():
+    plan = checks_cells.plan
+    # the glue and the final assert go after the teaching code, in their order
+    cell = 'x = f()\nglue("x", x, display=False)\ny = g(x)\nassert y > 0'
+    assert plan(cell) == ([0, 2], [1, 3])
+    head, tail = checks_cells.split_source(cell, [0, 2], [1, 3])
+    assert head == "x = f()\ny = g(x)" and tail == 'glue("x", x, display=False)\nassert y > 0'
+    # a guard stays where it stops the cell; a glue of a value changed later stays too
+    assert plan("x = f()\nassert x is not None\ny = g(x)") is None
+    assert plan('x = [1]\nglue("x", x)\nx.append(2)') is None
+    # the teaching part would display its last expression: nothing moves
+    assert plan('fig\nglue("n", 3, display=False)') is None
+    # all plumbing: the whole cell is checks; no plumbing at all: nothing to do
+    assert plan('glue("n", 3, display=False)\nassert n == 3') == ([], [0, 1])
+    assert plan("x = f()") is None and plan('%pip install bnlib\nglue("n", 3)') is None
