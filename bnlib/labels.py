@@ -32,7 +32,7 @@ LABELS = {
         "batch_size": "mini-batch size (log scale)",
         "noise_std": "std of one image's normalised features\nacross mini-batches (log scale)",
         "measured": "measured",
-        "inverse_sqrt": "$\\propto 1/\\sqrt{B}$",
+        "inverse_sqrt": "$\\propto 1/\\sqrt{N}$",
         "train": "training set",
         "test": "test set",
         "diverged": "diverged",
@@ -104,7 +104,7 @@ LABELS = {
             "écart type des sorties normalisées d'une image\nd'un mini-lot à l'autre (échelle log)"
         ),
         "measured": "mesuré",
-        "inverse_sqrt": "$\\propto 1/\\sqrt{B}$",
+        "inverse_sqrt": "$\\propto 1/\\sqrt{N}$",
         "train": "jeu d'entraînement",
         "test": "jeu de test",
         "diverged": "divergé",
