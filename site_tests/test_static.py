@@ -1,7 +1,9 @@
 """The built HTML, read as files: offline, bilingual, with well-formed Colab links."""
 
 import importlib.util
+import json
 import re
+from html import escape
 
 import pytest
 import yaml
@@ -136,3 +138,35 @@ def test_french_number_format():
         "9,2e-14"
     )
     assert bilingual.french_number("(128, 64, 24, 24)") == "(128, 64, 24, 24)"  # a tuple
+
+
+def _checks_words():
+    spec = importlib.util.spec_from_file_location("checks_cells", ROOT / "scripts/checks_cells.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.WORDS
+
+
+@pytest.mark.parametrize(
+    "page", [p for p in CHAPTER_PAGES if (ROOT / source_of(p)).with_suffix(".ipynb").exists()]
+)
+def test_the_checks_are_folded_under_their_toggle(site, page):
+    """Each checks cell of the notebook is on the page, its code folded under a toggle that says,
+    in the page's language, that these are the checks."""
+    show, hide = _checks_words()[language_of(page)]
+    notebook = json.loads(
+        (ROOT / source_of(page)).with_suffix(".ipynb").read_text(encoding="utf-8")
+    )
+    expected = sum(
+        1
+        for c in notebook["cells"]
+        if c.get("metadata", {}).get("mystnb", {}).get("code_prompt_show") == show
+    )
+    html = (site / page).read_text()
+    folded = re.findall(
+        r'<details class="admonition hide above-input">\s*<summary[^>]*>\s*'
+        r'<p class="collapsed admonition-title">([^<]*)</p>\s*'
+        r'<p class="expanded admonition-title">([^<]*)</p>',
+        html,
+    )
+    assert expected > 0 and folded.count((escape(show), escape(hide))) == expected
