@@ -4,7 +4,7 @@ Figures are labelled in the language of the page that draws them: every plotting
 ``lang`` and looks its words up here.
 """
 
-__all__ = ["LABELS", "CLASS_NAMES", "labels", "formatted"]
+__all__ = ["LABELS", "CLASS_NAMES", "labels", "formatted", "Number"]
 
 LABELS = {
     "en": {
@@ -194,7 +194,32 @@ def labels(lang: str) -> dict[str, str]:
     return LABELS[lang]
 
 
+_SUPERSCRIPTS = str.maketrans(
+    "-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079"
+)
+
+
 def formatted(value: float, spec: str, lang: str) -> str:
-    """``format(value, spec)`` in the page's language: a decimal comma in French (0.3 -> "0,3")."""
+    """``format(value, spec)`` in the page's language. In French: a decimal comma (0.3 -> "0,3"),
+    the minus sign, and a power of ten for the e-notation (2.4e-07 -> "2,4 × 10⁻⁷")."""
     text = format(value, spec)
-    return text.replace(".", ",") if lang == "fr" else text
+    if lang != "fr":
+        return text
+    mantissa, e, exponent = text.replace("E", "e").partition("e")
+    if e and exponent.lstrip("+-").isdigit():
+        text = f"{mantissa} \u00d7 10{str(int(exponent)).translate(_SUPERSCRIPTS)}"
+    return text.replace(".", ",").replace("-", "\u2212")
+
+
+class Number:
+    """A number that formats itself in the page's language, for f-strings that print:
+    ``f"{Number(0.25, 'fr'):.2f}"`` is ``"0,25"``, ``f"{Number(0.25, 'en'):.2f}"`` is ``"0.25"``."""
+
+    def __init__(self, value: float, lang: str) -> None:
+        self.value, self.lang = value, lang
+
+    def __format__(self, spec: str) -> str:
+        return formatted(self.value, spec, self.lang)
+
+    def __repr__(self) -> str:
+        return f"Number({self.value!r}, {self.lang!r})"

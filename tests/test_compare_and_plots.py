@@ -11,6 +11,7 @@ from torch import nn
 import bnlib
 from bnlib import plots
 from bnlib.compare import compare_layers
+from bnlib.labels import Number, formatted
 from bnlib.plots import draw_batch_norm_diagram, plot_activation_drift
 
 BATCHES = [torch.randn(8, 3, 4, 4) * 2 + 1 for _ in range(3)]
@@ -200,3 +201,13 @@ def test_french_offsets_are_powers_of_ten_with_a_decimal_comma():
     offset = ax.yaxis.get_offset_text().get_text()
     assert "10^{" in offset and not re.search(r"\de[-+\u2212]?\d", offset)
     assert not [t for t in ticks if "." in t]
+
+
+def test_numbers_print_the_way_the_page_writes_them():
+    """French: decimal comma, minus sign, a power of ten for the e-notation; English as Python."""
+    assert formatted(0.25, ".2f", "fr") == "0,25" and formatted(0.25, ".2f", "en") == "0.25"
+    assert formatted(-85.34, ".1f", "fr") == "\u221285,3"
+    assert formatted(2.4e-07, ".1e", "fr") == "2,4 \u00d7 10\u207b\u2077"
+    assert formatted(3e5, ".1e", "fr") == "3,0 \u00d7 10\u2075"
+    assert formatted(2.4e-07, ".1e", "en") == "2.4e-07"
+    assert f"{Number(1 / 3, 'fr'):.3f} %" == "0,333 %" and f"{Number(1 / 3, 'en'):.3f}" == "0.333"

@@ -65,27 +65,29 @@ TRANSLATIONS = {
     '"drop_last=True : "': '"drop_last=True: "',
     '"tailles de lot"': '"batch sizes"',
     # performance
-    'f"{norm} : {1000 * seconds:.1f} ms par pas"': 'f"{norm}: {1000 * seconds:.1f} ms per step"',
+    'f"{norm} : {Number(1000 * seconds, LANG):.1f} ms par pas"': (
+        'f"{norm}: {Number(1000 * seconds, LANG):.1f} ms per step"'
+    ),
     '"pas de GPU sur cette machine"': '"no GPU on this machine"',
     # pytorch-example
-    'f"{name}.bias.grad : plus grande valeur absolue {value:.1e}"': (
-        'f"{name}.bias.grad: largest absolute value {value:.1e}"'
+    'f"{name}.bias.grad : plus grande valeur absolue {Number(value, LANG):.1e}"': (
+        'f"{name}.bias.grad: largest absolute value {Number(value, LANG):.1e}"'
     ),
     'f"{key} :"': 'f"{key}:"',
-    'f"{100 * v:.1f} %"': 'f"{100 * v:.1f}%"',
+    'f"{Number(100 * v, LANG):.1f} %"': 'f"{Number(100 * v, LANG):.1f}%"',
     'f"{device} : {device_name}"': 'f"{device}: {device_name}"',
     'f"mode {mode}, lots de {BATCHES[label]:4} : {per_seed}"': (
         'f"{mode} mode, batches of {BATCHES[label]:4}: {per_seed}"'
     ),
     '"bn1.running_mean après l\'entraînement :    "': '"bn1.running_mean after training:  "',
     '"après une évaluation en mode entraînement :"': '"after evaluating in training mode:"',
-    'f"pertes : plus grand écart {convert_loss_diff:.1e}"': (
-        'f"losses: largest difference {convert_loss_diff:.1e}"'
+    'f"pertes : plus grand écart {Number(convert_loss_diff, LANG):.1e}"': (
+        'f"losses: largest difference {Number(convert_loss_diff, LANG):.1e}"'
     ),
-    'f"poids : plus grand écart {convert_weight_diff:.1e}"': (
-        'f"weights: largest difference {convert_weight_diff:.1e}"'
+    'f"poids : plus grand écart {Number(convert_weight_diff, LANG):.1e}"': (
+        'f"weights: largest difference {Number(convert_weight_diff, LANG):.1e}"'
     ),
-    'f"normalisation {norm} : {1000 * step_seconds[norm]:.1f} ms par pas"': (
-        'f"{norm} batch norm: {1000 * step_seconds[norm]:.1f} ms per step"'
+    'f"normalisation {norm} : {Number(1000 * step_seconds[norm], LANG):.1f} ms par pas"': (
+        'f"{norm} batch norm: {Number(1000 * step_seconds[norm], LANG):.1f} ms per step"'
     ),
 }
