@@ -55,10 +55,11 @@ TRANSLATIONS = {
         '"a batch of one must be refused in training mode"'
     ),
     (
-        'f"x{scale} : moyenne seule, écart type {mean_only.std(0).mean():.3f} ; '
-        'complète, {full.std(0).mean():.3f}"'
+        'f"x{scale} : moyenne seule, écart type {Number(mean_only.std(0).mean(), LANG):.3f} ; '
+        'complète, {Number(full.std(0).mean(), LANG):.3f}"'
     ): (
-        'f"x{scale}: mean only, std {mean_only.std(0).mean():.3f}; full, {full.std(0).mean():.3f}"'
+        'f"x{scale}: mean only, std {Number(mean_only.std(0).mean(), LANG):.3f}; '
+        'full, {Number(full.std(0).mean(), LANG):.3f}"'
     ),
     # in-practice
     '"drop_last=False :"': '"drop_last=False:"',
