@@ -288,3 +288,22 @@ def test_checks_move_after_the_teaching_code_only_where_nothing_changes():
     # all plumbing: the whole cell is checks; no plumbing at all: nothing to do
     assert plan('glue("n", 3, display=False)\nassert n == 3') == ([], [0, 1])
     assert plan("x = f()") is None and plan('%pip install bnlib\nglue("n", 3)') is None
+
+
+def test_the_glossary_has_the_same_entries_in_both_editions():
+    """One entry per term in each language, each with its label, and both editions' chapters
+    link to their glossary as often."""
+    en = re.findall(r"^\(en-glossary-([\w-]+)\)=$", (CHAPTERS / "en/glossary.md").read_text(), re.M)
+    fr = re.findall(
+        r"^\(fr-glossaire-([\w-]+)\)=$", (CHAPTERS / "fr/glossary.md").read_text(), re.M
+    )
+    assert len(en) == len(fr) == len(set(en)) == len(set(fr)) and len(en) >= 30
+    for name in NOTEBOOKS:
+        links = {
+            lang: sum(
+                len(re.findall(rf"<{prefix}-[\w-]+>`", text))
+                for text in cells(CHAPTERS / lang / name, "markdown")
+            )
+            for lang, prefix in (("en", "en-glossary"), ("fr", "fr-glossaire"))
+        }
+        assert links["en"] == links["fr"], f"{name}: glossary links {links}"
