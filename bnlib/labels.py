@@ -4,7 +4,9 @@ Figures are labelled in the language of the page that draws them: every plotting
 ``lang`` and looks its words up here.
 """
 
-__all__ = ["LABELS", "CLASS_NAMES", "labels", "formatted", "Number"]
+import re
+
+__all__ = ["LABELS", "CLASS_NAMES", "labels", "formatted", "Number", "message"]
 
 LABELS = {
     "en": {
@@ -223,3 +225,35 @@ class Number:
 
     def __repr__(self) -> str:
         return f"Number({self.value!r}, {self.lang!r})"
+
+
+# The error messages the chapters show (bnlib's, PyTorch's), in French: the English message as a
+# pattern, and its French wording with the same groups
+_FRENCH_MESSAGES = [
+    (
+        re.compile(
+            r"Expected more than 1 value per channel when training, got input size (.+?): a batch "
+            r"of one has no variance to normalise by; use a larger batch, "
+            r"DataLoader\(\.\.\., drop_last=True\), or call model\.eval\(\) for inference"
+        ),
+        "Il faut plus d'une valeur par canal en entraînement, l'entrée est de taille \\1 : un lot "
+        "d'un seul exemple n'a pas de variance par laquelle normaliser ; prenez un lot plus grand, "
+        "DataLoader(..., drop_last=True), ou appelez model.eval() pour l'inférence",
+    ),
+    (  # PyTorch's own batch norm
+        re.compile(r"Expected more than 1 value per channel when training, got input size (.+)"),
+        "Il faut plus d'une valeur par canal en entraînement, l'entrée est de taille \\1",
+    ),
+]
+
+
+def message(error: BaseException, lang: str) -> str:
+    """An exception's message in the page's language: the messages of bnlib and PyTorch that the
+    chapters show have a French wording; any other message, and every message in English, as
+    raised."""
+    text = str(error)
+    if lang == "fr":
+        for pattern, french in _FRENCH_MESSAGES:
+            if pattern.fullmatch(text):
+                return pattern.sub(french, text)
+    return text

@@ -11,7 +11,7 @@ from torch import nn
 import bnlib
 from bnlib import plots
 from bnlib.compare import compare_layers
-from bnlib.labels import Number, formatted
+from bnlib.labels import Number, formatted, message
 from bnlib.plots import draw_batch_norm_diagram, plot_activation_drift
 
 BATCHES = [torch.randn(8, 3, 4, 4) * 2 + 1 for _ in range(3)]
@@ -211,3 +211,17 @@ def test_numbers_print_the_way_the_page_writes_them():
     assert formatted(3e5, ".1e", "fr") == "3,0 \u00d7 10\u2075"
     assert formatted(2.4e-07, ".1e", "en") == "2.4e-07"
     assert f"{Number(1 / 3, 'fr'):.3f} %" == "0,333 %" and f"{Number(1 / 3, 'en'):.3f}" == "0.333"
+
+
+def test_error_messages_the_chapters_show_are_in_the_pages_language():
+    with pytest.raises(ValueError) as ours:
+        bnlib.BatchNorm1d(3)(torch.randn(1, 3))
+    with pytest.raises(ValueError) as theirs:
+        nn.BatchNorm1d(3)(torch.randn(1, 3))
+    for error in (ours.value, theirs.value):
+        assert message(error, "en") == str(error)
+        french = message(error, "fr")
+        assert french.startswith("Il faut plus d'une valeur par canal en entraînement")
+        assert "torch.Size([1, 3])" in french and "Expected" not in french
+    assert "model.eval()" in message(ours.value, "fr")
+    assert message(ValueError("something else"), "fr") == "something else"
