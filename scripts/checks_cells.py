@@ -2,17 +2,18 @@
 
 A chapter's code cells teach; the lines that only glue numbers into the prose (``glue``,
 ``glue_values``, ``glue_interval``) or assert its claims are the proof, kept one click away. This
-script finds, in every code cell, the plumbing at its end (the statements that only glue or
-assert, with the comments above them) and moves it to a cell of its own, right after, with the
-same id plus ``-checks``, in both twins at once; a cell that is all plumbing is only tagged. Such
+script finds, in every code cell, the statements that only glue or assert (with the comments above
+them) and moves those it can move without changing what runs (``plan``) to a cell of its own,
+right after, with the same id plus ``-checks``, in both twins at once; a cell that is all plumbing
+is only tagged. Such
 cells carry the ``hide-input`` tag and the toggle's words in their language
 (``mystnb.code_prompt_show``). ``tests/test_book.py`` checks that no cell is left to split.
 
     python scripts/checks_cells.py          # split and tag, in place, and print the counts
     python scripts/checks_cells.py --count  # only print the visible code lines per chapter
 
-A cell is not split where its last teaching statement is an expression (a figure, ``Code(...)``):
-it would then display an output that it does not display today.
+A cell is not split where its last teaching statement would become an expression it does not
+display today (a figure, ``Code(...)``).
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ WORDS = {  # the toggle's words: shown, then hidden (French: a no-break space be
 }
 
 
-def _is_glue_call(node: ast.AST) -> bool:
-    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in GLUE
+def _calls(node: ast.AST | None, names) -> bool:
+    """Whether ``node`` is a call of one of the functions ``names``, by their plain names."""
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in names
 
 
 def is_plumbing(statement: ast.stmt) -> bool:
@@ -45,7 +47,7 @@ def is_plumbing(statement: ast.stmt) -> bool:
     if isinstance(statement, ast.Assert):
         return True
     if isinstance(statement, ast.Expr | ast.Assign | ast.AnnAssign):
-        return _is_glue_call(statement.value)
+        return _calls(statement.value, GLUE)
     if isinstance(statement, ast.For) and not statement.orelse:
         return all(is_plumbing(s) for s in statement.body)
     return False
@@ -132,17 +134,10 @@ def plan(source: str) -> tuple[list[int], list[int]] | None:
         return None
     if teaching:
         last = body[teaching[-1]]
-        shown = isinstance(last, ast.Expr) and not _is_call_of(last, "print")
+        shown = isinstance(last, ast.Expr) and not _calls(last.value, {"print"})
         if shown and teaching[-1] != len(body) - 1:
             return None  # the teaching part would start displaying its last expression
     return teaching, checks
-
-
-def _is_call_of(statement: ast.stmt, name: str) -> bool:
-    value = getattr(statement, "value", None)
-    return (
-        isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == name
-    )
 
 
 def segments(source: str) -> list[str]:
@@ -163,7 +158,8 @@ def split_source(source: str, teaching: list[int], checks: list[int]) -> tuple[s
     return head, tail
 
 
-def is_checks_cell(cell: dict) -> bool:
+def is_folded(cell: dict) -> bool:
+    """A code cell whose source the website folds: a checks cell, or an exercise's solution."""
     return cell["cell_type"] == "code" and TAG in cell.get("metadata", {}).get("tags", [])
 
 
@@ -204,7 +200,7 @@ def split_twins(name: str) -> int:
         cells = {"en": en, "fr": fr}
         for lang in WORDS:
             new_cells[lang].append(cells[lang])
-        if en["cell_type"] != "code" or is_checks_cell(en):
+        if en["cell_type"] != "code" or is_folded(en):
             continue
         planned = plan("".join(en["source"]))
         if planned is None:
@@ -232,7 +228,7 @@ def visible_code_lines(path: Path) -> int:
     return sum(
         sum(1 for line in "".join(cell["source"]).split("\n") if line.strip())
         for cell in book["cells"]
-        if cell["cell_type"] == "code" and TAG not in cell.get("metadata", {}).get("tags", [])
+        if cell["cell_type"] == "code" and not is_folded(cell)
     )
 
 
