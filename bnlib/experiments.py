@@ -58,6 +58,7 @@ __all__ = [
     "train_seeds",
     "drift_seeds",
     "ddp_train_seeds",
+    "ddp_train_arms",
     "ReadingsConfig",
     "readings",
     "run",
@@ -354,20 +355,46 @@ def ddp_train(config: DDPConfig) -> dict:
     return {"config": asdict(config), **history}
 
 
-def ddp_seeds_worker(rank: int, world_size: int, config: DDPConfig, seeds: list[int]) -> list:
-    """``ddp_worker`` for each seed in turn, in the same processes and on the same data."""
-    data = load_tensors(config.dataset, train=True, limit=config.train_limit)
-    return [ddp_worker(rank, world_size, replace(config, seed=s), data) for s in seeds]
+def ddp_seeds_worker(rank: int, world_size: int, arms: list[tuple[DDPConfig, list[int]]]) -> list:
+    """``ddp_worker`` for each seed of each arm in turn, in the same processes: one list of
+    histories per arm. Each training set is loaded once."""
+    data = {}
+    for config, _ in arms:
+        where = (config.dataset, config.train_limit)
+        if where not in data:
+            data[where] = load_tensors(config.dataset, train=True, limit=config.train_limit)
+    return [
+        [
+            ddp_worker(
+                rank, world_size, replace(config, seed=s), data[config.dataset, config.train_limit]
+            )
+            for s in seeds
+        ]
+        for config, seeds in arms
+    ]
+
+
+def ddp_train_arms(arms: Sequence[tuple[DDPConfig, Sequence[int]]]) -> list[list[dict]]:
+    """``ddp_train`` for each seed of each arm (``(config, seeds)``, all with one world size),
+    the processes started once for all: the same histories as one ``ddp_train`` per seed,
+    without paying the start-up (seconds) each time."""
+    sizes = {config.world_size for config, _ in arms}
+    if len(sizes) != 1:
+        raise ValueError(f"the arms must share one world_size to share processes, got {sizes}")
+    arms = [(config, list(seeds)) for config, seeds in arms]
+    results = spawn(ddp_seeds_worker, sizes.pop(), arms)[0]  # process 0's
+    return [
+        [
+            {"config": asdict(replace(config, seed=s)), **history}
+            for s, history in zip(seeds, histories, strict=True)
+        ]
+        for (config, seeds), histories in zip(arms, results, strict=True)
+    ]
 
 
 def ddp_train_seeds(config: DDPConfig, seeds: Sequence[int]) -> list[dict]:
-    """``ddp_train`` with each seed, the processes started once for all of them: the same
-    histories as one ``ddp_train`` per seed, without paying the start-up (seconds) each time."""
-    histories = spawn(ddp_seeds_worker, config.world_size, config, list(seeds))[0]
-    return [
-        {"config": asdict(replace(config, seed=s)), **history}
-        for s, history in zip(seeds, histories, strict=True)
-    ]
+    """``ddp_train`` with each seed, the processes started once for all of them."""
+    return ddp_train_arms([(config, seeds)])[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -546,6 +573,8 @@ class Seeds:
 
 def run_seeds(experiment: Seeds) -> list[dict]:
     """The histories of ``experiment.config`` over its seeds; the paper's MLP runs stacked."""
+    if experiment in _TRAINED_TOGETHER:  # trained by run_all with other arms, now cached
+        return _TRAINED_TOGETHER.pop(experiment)
     config, seeds = experiment.config, experiment.seeds
     if isinstance(config, RunConfig) and config.model == "mlp":
         return train_seeds(config, seeds)
@@ -678,7 +707,33 @@ def run(config):
     return cache.cached(EXPERIMENTS[type(config)])(with_seed_offset(config))
 
 
+# Histories that run_all trained together (data-parallel arms sharing their processes), each
+# held until run stores it in the cache, under its own configuration
+_TRAINED_TOGETHER: dict[Seeds, list[dict]] = {}
+
+
+def _train_ddp_arms_together(configs: Sequence) -> None:
+    """Train the ``Seeds`` of ``DDPConfig`` among ``configs`` that are not cached yet in one
+    start of the processes per world size (each start costs seconds), for ``run`` to store."""
+    memo = cache.cached(run_seeds)
+    pending = [
+        experiment
+        for experiment in dict.fromkeys(with_seed_offset(c) for c in configs)
+        if isinstance(experiment, Seeds)
+        and isinstance(experiment.config, DDPConfig)
+        and not memo.check_call_in_cache(experiment)
+    ]
+    for size in {experiment.config.world_size for experiment in pending}:
+        group = [e for e in pending if e.config.world_size == size]
+        if len(group) > 1:
+            trained = ddp_train_arms([(e.config, e.seeds) for e in group])
+            _TRAINED_TOGETHER.update(zip(group, trained, strict=True))
+
+
 def run_all(configs: Sequence, desc: str = "runs", progress: bool = True) -> list:
-    """``run`` on each configuration in turn, with a text progress bar (no notebook widget)."""
+    """``run`` on each configuration in turn, with a text progress bar (no notebook widget).
+    Data-parallel arms (``Seeds`` of ``DDPConfig``) not cached yet are trained first, all in
+    the same processes."""
+    _train_ddp_arms_together(configs)
     bar = tqdm(configs, desc=desc, file=sys.stderr, ascii=True, disable=not progress, ncols=80)
     return [run(config) for config in bar]

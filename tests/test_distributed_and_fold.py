@@ -10,7 +10,12 @@ from torch import nn
 from torch.testing import assert_close
 
 import bnlib
-from bnlib.distributed import SyncBatchNorm, collectives_and_stats, compare_with_one_process
+from bnlib.distributed import (
+    SyncBatchNorm,
+    collectives_and_stats,
+    compare_with_one_process,
+    spawn,
+)
 from bnlib.folding import fold, fold_into_next
 from bnlib.models import ArticleCNN, PaperMLP
 
@@ -227,6 +232,33 @@ def test_ddp_seeds_in_one_set_of_processes_equal_one_run_per_seed():
     assert together == apart
     assert [h["config"]["seed"] for h in together] == [5, 6]
     assert together[0]["train_loss"] != together[1]["train_loss"]  # the seeds differ
+
+
+def test_run_all_trains_data_parallel_arms_in_one_start_of_the_processes(tmp_path, monkeypatch):
+    """Arms not cached yet share one start of the processes, and each gets the histories of its
+    own run, stored in the cache under its own configuration."""
+    from dataclasses import replace
+
+    from bnlib import experiments
+    from bnlib.experiments import DDPConfig, Seeds, ddp_train_seeds, run_all, with_seed_offset
+
+    monkeypatch.setenv("BNLIB_CACHE", str(tmp_path))
+    base = DDPConfig(num_steps=3, eval_every=3, train_limit=200, eval_test_size=50, seed=2)
+    pairs = ((False, 2), (True, 3))  # (sync, per_process_batch)
+    arms = [Seeds(replace(base, sync=s, per_process_batch=b), 2) for s, b in pairs]
+    starts = []
+
+    def counting_spawn(fn, world_size, *args):
+        starts.append(fn.__name__)
+        return spawn(fn, world_size, *args)
+
+    monkeypatch.setattr(experiments, "spawn", counting_spawn)
+    together = run_all(arms, progress=False)
+    assert starts == ["ddp_seeds_worker"] and not experiments._TRAINED_TOGETHER
+    assert run_all(arms, progress=False) == together and len(starts) == 1  # read from the cache
+    shifted = [with_seed_offset(arm) for arm in arms]
+    assert together == [ddp_train_seeds(arm.config, arm.seeds) for arm in shifted]
+    assert together[0] != together[1]
 
 
 def test_torchrun_script(tmp_path):

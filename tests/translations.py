@@ -30,6 +30,7 @@ TRANSLATIONS = {
     ),
     # distributed
     '"groupe de processus :"': '"process group:"',
+    '"bras distribués"': '"data-parallel arms"',
     # how-it-works
     '"weight (gamma) :"': '"weight (gamma):"',
     '"bias (beta) :   "': '"bias (beta):   "',
