@@ -4,6 +4,7 @@ models, data, training loops, experiments and plots of the batch normalization b
 from bnlib import functional
 from bnlib.convert import convert
 from bnlib.distributed import SyncBatchNorm
+from bnlib.doctor import diagnose
 from bnlib.folding import fold
 from bnlib.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
@@ -14,6 +15,7 @@ __all__ = [
     "BatchNorm3d",
     "SyncBatchNorm",
     "convert",
+    "diagnose",
     "fold",
     "functional",
     "__version__",
