@@ -15,7 +15,6 @@ BatchNorm"); the book's chapter "The batch" measures each of them.
 from __future__ import annotations
 
 import copy
-import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from itertools import islice
 import torch
 from torch import Tensor, nn
 
+from bnlib.labels import Number
 from bnlib.modules import is_batch_norm
 
 __all__ = ["Finding", "PROBLEMS", "diagnose"]
@@ -95,21 +95,21 @@ PROBLEMS = {
         "train_mode": (
             "le modèle est en mode entraînement : la normalisation par lots normalise chaque lot "
             "avec ses propres statistiques, si bien qu'une prédiction dépend des autres exemples "
-            "de son lot, et chaque lot met à jour les moyennes mobiles",
+            "de son lot, et chaque lot met à jour les moyennes glissantes",
             "appeler model.eval() avant d'évaluer, puis model.train() avant de reprendre "
             "l'entraînement",
         ),
         "frozen_but_updating": (
             "son poids et son biais sont gelés (requires_grad=False), mais la couche est en mode "
             "entraînement : elle normalise toujours avec les statistiques du lot et met à jour "
-            "ses moyennes mobiles",
+            "ses moyennes glissantes",
             "passer la couche en mode évaluation après model.train() (layer.eval()), ou la "
             "remplacer par torchvision.ops.FrozenBatchNorm2d",
         ),
         "no_running_stats": (
-            "track_running_stats=False : la couche ne tient pas de moyennes mobiles et normalise "
-            "aussi en mode évaluation avec les statistiques du lot ; une prédiction dépend donc "
-            "de son lot (et, sur des entrées (N, C), un lot d'un seul exemple échoue)",
+            "track_running_stats=False : la couche ne tient pas de moyennes glissantes et "
+            "normalise aussi en mode évaluation avec les statistiques du lot ; une prédiction "
+            "dépend donc de son lot (et, sur des entrées (N, C), un lot d'un seul exemple échoue)",
             "garder track_running_stats=True, sauf si tous les lots d'inférence sont grands et "
             "tirés comme ceux de l'entraînement",
         ),
@@ -126,22 +126,22 @@ PROBLEMS = {
         ),
         "called_twice": (
             "la couche est appelée {calls} fois dans une même passe avant : à l'entraînement, "
-            "ses moyennes mobiles sont mises à jour {calls} fois par pas, à partir d'entrées "
+            "ses moyennes glissantes sont mises à jour {calls} fois par pas, à partir d'entrées "
             "différentes, et n'en décrivent aucune",
             "donner à chaque emplacement sa propre couche de normalisation",
         ),
         "few_examples": (
             "des lots de {batch} exemples : les statistiques de chaque canal sont estimées sur "
-            "peu d'exemples, avec bruit, et s'écartent des moyennes mobiles de l'inférence (Wu "
+            "peu d'exemples, avec bruit, et s'écartent des moyennes glissantes de l'inférence (Wu "
             "et He, 2018 : l'erreur de la normalisation par lots croît vite sous 16 par lot)",
             "prendre des lots plus grands, SyncBatchNorm entre processus, ou la normalisation "
             "par groupes",
         ),
         "stale_statistics": (
             "sur les {examples} exemples fournis, les moyennes par canal de son entrée sont à "
-            "{shift:.2f} écarts-types mobiles des moyennes mobiles, et ses variances valent "
-            "{ratio:.2f} fois les variances mobiles (médianes sur les canaux) : les moyennes "
-            "mobiles ne décrivent pas ces données",
+            "{shift:.2f} écarts-types glissants des moyennes glissantes, et ses variances valent "
+            "{ratio:.2f} fois les variances glissantes (médianes sur les canaux) : les moyennes "
+            "glissantes ne décrivent pas ces données",
             "les réestimer sur ces données, poids fixés, par exemple avec "
             "bnlib.training.recalibrate(model, batches, n) ou, après une moyenne de poids, "
             "torch.optim.swa_utils.update_bn(loader, model)",
@@ -166,11 +166,13 @@ class Finding:
     fix: str
 
     def __str__(self) -> str:
-        return f"{self.module or 'model'}: {self.evidence}. → {self.fix}."
+        where = f"{self.module}: " if self.module else ""  # "": the whole model
+        return f"{where}{self.evidence}. → {self.fix}."
 
 
 def _finding(lang: str, problem: str, module: str = "", **fields) -> Finding:
     evidence, fix = PROBLEMS[lang][problem]
+    fields = {k: Number(v, lang) if isinstance(v, float) else v for k, v in fields.items()}
     return Finding(problem, module, evidence.format(**fields), fix.format(**fields))
 
 
@@ -258,7 +260,7 @@ def diagnose(
     Args:
         model: any network; it is not changed (the data passes through a copy).
         loader: batches of inputs, or of ``(inputs, targets)``, as the model would get them;
-            the first ``batches`` are used. None: the model alone is read.
+            the first ``batches`` are taken from it. None: the model alone is read.
         lang: ``"en"`` or ``"fr"``, the language of the evidence and the fixes.
         min_batch: fewer examples per batch than this is a problem (``few_examples``).
         max_shift, max_ratio: running statistics are stale when the data's per-channel means are
@@ -266,7 +268,8 @@ def diagnose(
             ``max_ratio`` times larger or smaller (medians over the channels).
 
     Returns:
-        The findings, model-wide first, then layer by layer; an empty list: nothing found.
+        The findings, those about the whole model first, then those about a layer, problem by
+        problem; an empty list: nothing found.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
@@ -321,7 +324,7 @@ def diagnose(
             if not norm.track_running_stats or norm.running_mean is None:
                 continue
             shift, ratio = _stale(norm, xs)
-            if shift > max_shift or abs(math.log(ratio)) > math.log(max_ratio):
+            if shift > max_shift or not 1 / max_ratio <= ratio <= max_ratio:
                 findings.append(
                     _finding(
                         lang, "stale_statistics", name, examples=examples, shift=shift, ratio=ratio

@@ -1,5 +1,7 @@
 """bnlib.diagnose: each problem found on a model that has it, nothing on one that has none."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -119,5 +121,8 @@ def test_findings_in_french_and_a_clear_error_for_another_language():
     assert "bias=False" in found[1].fix and "conv1" in found[1].evidence
     assert PROBLEMS["fr"].keys() == PROBLEMS["en"].keys()
     assert str(found[1]).startswith("bn1: conv1 ajoute un biais")
+    torch.manual_seed(0)
+    stale = diagnose(healthy(), batches(shift=3.0), lang="fr")[0]
+    assert re.search(r"à \d+,\d\d écarts-types glissants", stale.evidence)  # a decimal comma
     with pytest.raises(ValueError, match="lang must be one of \\['en', 'fr'\\], got 'de'"):
         diagnose(nn.BatchNorm1d(3), lang="de")

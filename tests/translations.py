@@ -63,6 +63,8 @@ TRANSLATIONS = {
         'full, {Number(full.std(0).mean(), LANG):.3f}"'
     ),
     # in-practice
+    '"laissé en mode entraînement :"': '"left in training mode:"',
+    'f"contraste multiplié par {CONTRAST} :"': 'f"{CONTRAST} times the contrast:"',
     '"drop_last=False :"': '"drop_last=False:"',
     '"drop_last=True : "': '"drop_last=True: "',
     '"tailles de lot"': '"batch sizes"',
