@@ -8,8 +8,8 @@ loader, it also passes a few batches through a copy of the model in evaluation m
 itself is left as it was) and compares each batch norm's running statistics with those of the
 data, and counts the examples per batch. It prints nothing: printing is the caller's choice.
 
-The problems are those users meet most often (Wu and Johnson, 2021, "Rethinking 'Batch' in
-BatchNorm"); the book's chapter "The batch" measures each of them.
+The problems are those users of batch norm meet most often; the chapter "In practice" shows
+each of them on the book's networks, and ends with ``diagnose`` run on one.
 """
 
 from __future__ import annotations
@@ -211,11 +211,11 @@ def _followed(model: nn.Module, batches: list) -> tuple[list, Counter, dict]:
     net = copy.deepcopy(model).eval()
     names = {module: name for name, module in net.named_modules()}
     produced, edges, calls, inputs = {}, [], Counter(), {}
-    first = [True]
+    first = True  # the structure is read from the first batch's forward pass
 
     def hook(module, args, output):
         name = names[module]
-        if first[0]:
+        if first:
             calls[name] += 1
             if args and isinstance(args[0], Tensor) and id(args[0]) in produced:
                 edges.append((produced[id(args[0])][0], name))
@@ -229,7 +229,7 @@ def _followed(model: nn.Module, batches: list) -> tuple[list, Counter, dict]:
     try:
         for batch in batches:
             net(_batch_input(batch))
-            first[0] = False
+            first = False
     finally:
         for handle in handles:
             handle.remove()
