@@ -9,7 +9,7 @@ everything else that changes the numbers an experiment computes:
   AVX-512, AVX2 or the generic ones round differently), the device, the default dtype, the
   number of threads (the order of floating-point sums depends on it) and the seed offset.
 
-Experiments also run with a fixed number of CPU threads, ``THREADS``, whatever the machine.
+Experiments also run with a fixed number of CPU threads, ``THREADS`` (one), whatever the machine.
 """
 
 from __future__ import annotations
@@ -38,7 +38,11 @@ __all__ = [
     "cached",
 ]
 
-THREADS = 2  # every cached experiment runs with this many CPU threads, whatever the machine
+# Every cached experiment runs with this many CPU threads, whatever the machine. One: the small
+# networks of the book keep one core busy with their many small operations, a second thread
+# gains little, and on two cores the build can then run two notebooks side by side
+# (scripts/execute.py) where two threads each would fight over the cores.
+THREADS = 1
 
 # Modules that only draw, word or glue what was computed: editing them retrains nothing.
 NOT_COMPUTING = frozenset({"labels.py", "plots.py", "report.py"})

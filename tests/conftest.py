@@ -1,8 +1,10 @@
-"""Shared fixtures: real Fashion-MNIST, loaded once per test session."""
+"""Shared fixtures: real Fashion-MNIST, loaded once per test session; every test with the
+experiments' thread count."""
 
 import pytest
 import torch
 
+from bnlib.cache import fixed_threads
 from bnlib.data import load_tensors
 
 
@@ -15,3 +17,11 @@ def fashion_mnist():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _experiment_threads():
+    """A direct call computes the sums of a cached one (run with ``THREADS`` threads) in the
+    same order, so the tests that compare them can ask for equality."""
+    with fixed_threads():
+        yield
