@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ __all__ = [
     "seconds_per_step",
     "seconds_per_forward",
     "recalibrate",
+    "frozen_statistics",
     "stacked_batches",
     "train_stacked_steps",
     "evaluate_stacked",
@@ -188,6 +190,34 @@ def recalibrate(
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     return model.eval()
+
+
+@contextmanager
+def frozen_statistics(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, the batch norm layers of ``model`` in training mode still normalise with
+    their batch's statistics (and backpropagate through them), but leave their running statistics
+    and their counter as they were: for a second forward pass over data they have already seen,
+    such as the perturbed pass of sharpness-aware minimisation or the recomputation of gradient
+    checkpointing. Inside, each layer's momentum is 0 (PyTorch's and bnlib's layers then keep
+    their running averages exactly, whatever the momentum was, ``None`` included); on exit the
+    momentum and the counter ``num_batches_tracked`` (which still counts) are put back::
+
+        with frozen_statistics(model):
+            loss_fn(model(x_perturbed), y).backward()  # SAM's second pass
+
+        checkpoint(block, x, use_reentrant=False,  # the recomputation leaves them alone
+                   context_fn=lambda: (nullcontext(), frozen_statistics(block)))
+    """
+    norms = [m for m in model.modules() if is_batch_norm(m) and m.track_running_stats]
+    kept = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield model
+    finally:
+        for m, (momentum, counted) in zip(norms, kept, strict=True):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(counted)
 
 
 # ----------------------------------------------------------------------------------------------
