@@ -14,9 +14,11 @@ import copy
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm import tqdm
 
 from bnlib import cache
@@ -61,6 +63,8 @@ __all__ = [
     "ddp_train_arms",
     "ReadingsConfig",
     "readings",
+    "SWAConfig",
+    "swa_run",
     "run",
     "run_all",
     "THREADS",
@@ -667,6 +671,67 @@ def _stacked_readings(config: ReadingsConfig, histories: list[dict], train, test
     ]
 
 
+@dataclass(frozen=True)
+class SWAConfig:
+    """One training run of ``run`` (its seed replaced by ``seed``) whose weights are averaged,
+    as stochastic weight averaging does: the average starts from the weights of step ``start``
+    and takes in those of every ``every``-th step after it, up to the last.
+    ``torch.optim.swa_utils.AveragedModel`` averages the parameters only, and its copy keeps
+    the running statistics of step ``start``."""
+
+    run: RunConfig = RunConfig()
+    start: int = 500
+    every: int = 5
+    recal_batches: int = 50  # update_bn's pass: this many training mini-batches...
+    recal_size: int = 256  # ...of this many images
+    seed: int = 0
+
+
+def swa_run(config: SWAConfig) -> dict:
+    """Test accuracies, in [0, 1], on the whole test set: ``"final"``, the network of the last
+    step; then the averaged weights with three running statistics: ``"start_statistics"``, those
+    the average's copy kept from step ``start``; ``"final_statistics"``, the last step's network's;
+    ``"recomputed"``, computed for the averaged weights by ``update_bn`` (dropout off)."""
+    train = replace(config.run, seed=config.seed)
+    if not 0 < config.start <= train.num_steps or config.every < 1:
+        raise ValueError(
+            f"need 0 < start <= num_steps and every >= 1, got start={config.start}, "
+            f"num_steps={train.num_steps}, every={config.every}"
+        )
+    X, y = load_tensors(train.dataset, train=True, limit=train.train_limit)
+    X_test, y_test = load_tensors(train.dataset, train=False)
+    model = build_model(train)
+    optimizer = torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.sgd_momentum)
+    averaged = {}
+
+    def average(step: int, net: torch.nn.Module, _loss: float) -> None:
+        if step == config.start:
+            averaged["model"] = AveragedModel(net)  # a copy: these weights, these statistics
+        elif step > config.start and (step - config.start) % config.every == 0:
+            averaged["model"].update_parameters(net)
+
+    batches = make_loader(X, y, train.batch_size, seed=train.seed)
+    train_steps(model, batches, optimizer, train.num_steps, on_step=average)
+    swa = averaged["model"].module
+    with_final = copy.deepcopy(swa)
+    for kept, last in zip(
+        (m for m in with_final.modules() if is_batch_norm(m)),
+        (m for m in model.modules() if is_batch_norm(m)),
+        strict=True,
+    ):
+        kept.load_state_dict(last.state_dict())
+    result = {
+        "final": evaluate(model, X_test, y_test)[1],
+        "start_statistics": evaluate(swa, X_test, y_test)[1],
+        "final_statistics": evaluate(with_final, X_test, y_test)[1],
+    }
+    recal = make_loader(X, y, config.recal_size, seed=config.seed + 1)
+    swa.eval()  # dropout off; update_bn puts the batch norm layers alone in training mode
+    update_bn(islice(((xb,) for xb, _ in recal), config.recal_batches), swa)
+    result["recomputed"] = evaluate(swa, X_test, y_test)[1]
+    return result
+
+
 # ----------------------------------------------------------------------------------------------
 # Running an experiment, through the cache
 
@@ -676,6 +741,7 @@ _ONE_RUN = {
     NoiseConfig: batch_noise,
     DDPConfig: ddp_train,
     LandscapeConfig: loss_landscape,
+    SWAConfig: swa_run,
 }
 
 EXPERIMENTS = {

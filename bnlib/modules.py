@@ -28,8 +28,15 @@ IMPLEMENTATIONS = {
 }
 
 
-class _BatchNorm(nn.Module):
-    """What the three classes share; they differ only in the input dimensions they accept."""
+class _BatchNorm(nn.modules.batchnorm._BatchNorm):
+    """What the three classes share; they differ only in the input dimensions they accept.
+
+    A subclass of PyTorch's own base class, whose code it replaces entirely (its constructor
+    is not called): code that recognises batch norm layers by ``isinstance(module,
+    nn.modules.batchnorm._BatchNorm)``, such as ``torch.optim.swa_utils.update_bn`` or
+    ``nn.SyncBatchNorm.convert_sync_batchnorm``, then treats bnlib's layers as PyTorch's,
+    instead of skipping them without a word.
+    """
 
     _accepted_dims: tuple[int, ...] = ()
     _version = 2  # PyTorch's: version 2 added num_batches_tracked
@@ -47,7 +54,7 @@ class _BatchNorm(nn.Module):
         bias: bool = True,
         implementation: str = "fast",
     ) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # PyTorch's constructor would create what follows its own way
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(
                 f"implementation={implementation!r} is not one of {sorted(IMPLEMENTATIONS)}; "

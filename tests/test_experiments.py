@@ -282,3 +282,17 @@ def test_readings_are_the_readings_taken_by_hand(fresh_cache):
         assert reading["own_statistics"][4] != reading["running"]  # batches of 4 change it
     with pytest.raises(ValueError, match="kept no weights"):
         readings(ReadingsConfig(Seeds(TINY, n=2)))
+
+
+def test_swa_reads_the_averaged_weights_with_each_statistics():
+    from bnlib.experiments import SWAConfig, swa_run
+
+    small = RunConfig(norm="bnlib", activation="relu", train_limit=600, num_steps=20, lr=0.05)
+    result = swa_run(SWAConfig(run=small, start=10, every=2, recal_batches=3, recal_size=100))
+    assert set(result) == {"final", "start_statistics", "final_statistics", "recomputed"}
+    assert all(0 < v < 1 for v in result.values())
+    # averaging from the last step only: the average is the last network, whatever its statistics
+    last = swa_run(SWAConfig(run=small, start=20, recal_batches=3, recal_size=100))
+    assert last["start_statistics"] == last["final_statistics"] == last["final"]
+    with pytest.raises(ValueError, match="start <= num_steps"):
+        swa_run(SWAConfig(run=small, start=21))

@@ -261,3 +261,22 @@ def test_sync_batch_norm_takes_process_group_sixth_as_torch():
     layer = bnlib.SyncBatchNorm(4, 1e-3, 0.2, True, True, "group", None, torch.float64)
     assert layer.process_group == "group" and layer.eps == 1e-3 and layer.momentum == 0.2
     assert layer.weight.dtype == torch.float64
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_tools_that_look_for_pytorchs_batch_norm_find_bnlibs(dims):
+    """update_bn recognises batch norm by PyTorch's base class: it must not skip bnlib's layers
+    and leave their statistics stale without a word."""
+    from torch.optim.swa_utils import update_bn
+
+    ours = {1: bnlib.BatchNorm1d, 2: bnlib.BatchNorm2d}[dims](3)
+    theirs = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}[dims](3)
+    assert isinstance(ours, nn.modules.batchnorm._BatchNorm)
+    shape = (8, 3) if dims == 1 else (8, 3, 4, 4)
+    batches = [(torch.randn(shape) * 3 + 1,) for _ in range(5)]
+    update_bn(batches, ours)
+    update_bn(batches, theirs)
+    assert ours.num_batches_tracked.item() == theirs.num_batches_tracked.item() == 5
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+    assert ours.momentum == theirs.momentum == 0.1  # put back as it was
