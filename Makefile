@@ -64,8 +64,15 @@ lint: $(INSTALLED)
 unit: setup
 	$(BIN)/python -m pytest tests
 
+# Each edition's notebooks JOBS at a time (pytest-xdist, one notebook per worker), the French
+# after the English (they read the experiments it cached), every kernel on one thread as in
+# make book.
+NBVAL = for lang in $(EDITIONS); do \
+	  OMP_NUM_THREADS=1 $(BIN)/python -m pytest --nbval-lax -n $(JOBS) --dist loadscope \
+	    $(NOTEBOOKS)/$$lang || exit 1; \
+	done
 notebooks: setup
-	$(BIN)/python -m pytest --nbval-lax $(NOTEBOOKS)
+	$(NBVAL)
 
 build-strict: book
 
@@ -86,8 +93,8 @@ ROBUST_KERNELS ?= $(shell $(BIN)/python -c "import torch; \
 ROBUST_CACHE := $(CURDIR)/_build/robustness-cache
 robustness: setup
 	rm -rf $(ROBUST_CACHE)
-	BNLIB_SEED_OFFSET=$(ROBUST_OFFSET) BNLIB_CACHE=$(ROBUST_CACHE) \
-	  ATEN_CPU_CAPABILITY=$(ROBUST_KERNELS) $(BIN)/python -m pytest --nbval-lax $(NOTEBOOKS)
+	export BNLIB_SEED_OFFSET=$(ROBUST_OFFSET) BNLIB_CACHE=$(ROBUST_CACHE) \
+	  ATEN_CPU_CAPABILITY=$(ROBUST_KERNELS); $(NBVAL)
 
 # Batch norm implementations side by side (time, memory saved for backward), then the CNN.
 bench: setup
