@@ -691,7 +691,9 @@ def swa_run(config: SWAConfig) -> dict:
     """Test accuracies, in [0, 1], on the whole test set: ``"final"``, the network of the last
     step; then the averaged weights with three running statistics: ``"start_statistics"``, those
     the average's copy kept from step ``start``; ``"final_statistics"``, the last step's network's;
-    ``"recomputed"``, computed for the averaged weights by ``update_bn`` (dropout off)."""
+    ``"recomputed"``, computed for the averaged weights by ``update_bn``, which runs its pass
+    with the whole network in training mode (dropout included: with dropout,
+    ``training.recalibrate`` is the pass to use)."""
     train = replace(config.run, seed=config.seed)
     if not 0 < config.start <= train.num_steps or config.every < 1:
         raise ValueError(
@@ -726,7 +728,6 @@ def swa_run(config: SWAConfig) -> dict:
         "final_statistics": evaluate(with_final, X_test, y_test)[1],
     }
     recal = make_loader(X, y, config.recal_size, seed=config.seed + 1)
-    swa.eval()  # dropout off; update_bn puts the batch norm layers alone in training mode
     update_bn(islice(((xb,) for xb, _ in recal), config.recal_batches), swa)
     result["recomputed"] = evaluate(swa, X_test, y_test)[1]
     return result
