@@ -25,6 +25,7 @@ __all__ = [
     "seconds_per_forward",
     "recalibrate",
     "frozen_statistics",
+    "accumulation_gap",
     "stacked_batches",
     "train_stacked_steps",
     "evaluate_stacked",
@@ -218,6 +219,31 @@ def frozen_statistics(model: nn.Module) -> Iterator[nn.Module]:
         for m, (momentum, counted) in zip(norms, kept, strict=True):
             m.momentum = momentum
             m.num_batches_tracked.copy_(counted)
+
+
+def accumulation_gap(model: nn.Module, x: Tensor, y: Tensor, micro_batches: int) -> float:
+    """How far gradient accumulation lands from the gradient of one mini-batch: the norm of
+    ``sum_k grad(loss_k / K)`` over ``K = micro_batches`` equal slices of (x, y), minus the
+    gradient of the loss on the whole of (x, y), relative to that gradient's norm.
+
+    Zero, to rounding, for a network whose examples do not interact (no batch norm); batch norm
+    normalises each slice with its own statistics. The model's mode and state are used as they
+    are (in training mode, its running statistics move at each of the ``K + 1`` passes).
+    """
+    if len(x) % micro_batches:
+        raise ValueError(
+            f"{len(x)} examples do not split into {micro_batches} equal micro-batches: "
+            "accumulation averages equal slices"
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    whole = torch.autograd.grad(F.nll_loss(model(x), y), params)
+    parts = [
+        torch.autograd.grad(F.nll_loss(model(xm), ym) / micro_batches, params)
+        for xm, ym in zip(x.chunk(micro_batches), y.chunk(micro_batches), strict=True)
+    ]
+    accumulated = [sum(grads) for grads in zip(*parts, strict=True)]
+    gap = sum((a - w).pow(2).sum() for a, w in zip(accumulated, whole, strict=True)).sqrt()
+    return (gap / sum(w.pow(2).sum() for w in whole).sqrt()).item()
 
 
 # ----------------------------------------------------------------------------------------------

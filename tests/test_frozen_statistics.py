@@ -1,4 +1,5 @@
-"""training.frozen_statistics: a second pass over the same data leaves the running statistics."""
+"""training.frozen_statistics: a second pass over the same data leaves the running statistics;
+training.accumulation_gap: micro-batches against one mini-batch."""
 
 import copy
 from contextlib import nullcontext
@@ -57,3 +58,17 @@ def test_checkpointing_updates_twice_unless_the_recomputation_is_frozen(name):
         assert torch.equal(torch.as_tensor(got), torch.as_tensor(expected))
     for a, b in zip(fixed.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad)  # the gradients are untouched
+
+
+def test_accumulation_matches_one_batch_without_batch_norm_and_not_with_it():
+    from bnlib.models import PaperMLP
+    from bnlib.training import accumulation_gap
+
+    x, y = torch.randn(32, 1, 28, 28, dtype=torch.float64), torch.arange(32) % 10
+    gaps = {}
+    for norm in (None, "bnlib"):
+        torch.manual_seed(0)
+        gaps[norm] = accumulation_gap(PaperMLP(norm=norm).double(), x, y, micro_batches=4)
+    assert gaps[None] < 1e-12 and gaps["bnlib"] > 0.05
+    with pytest.raises(ValueError, match="do not split into 3 equal micro-batches"):
+        accumulation_gap(PaperMLP(norm=None).double(), x, y, micro_batches=3)
