@@ -28,9 +28,9 @@ from bnlib.data import load_tensors, make_loader
 from bnlib.distributed import SyncBatchNorm, spawn
 from bnlib.landscape import LandscapeConfig, landscape_seeds, loss_landscape
 from bnlib.models import ArticleCNN, DistributionShift, PaperMLP, scale_init
-from bnlib.modules import is_batch_norm
+from bnlib.modules import GhostBatchNorm1d, is_batch_norm
 from bnlib.seeds import seed_offset, set_seed
-from bnlib.stacked import StackedMLP
+from bnlib.stacked import StackedGroupNorm, StackedMLP
 from bnlib.training import (
     default_device,
     evaluate,
@@ -163,11 +163,14 @@ class RunConfig:
     shift_per_example: bool = False  # its noise i.i.d. per example (the paper's), else shared
     init_gain: float | None = None  # None: PyTorch's default initialisation, else scale_init
     bn_momentum: float | None = 0.1  # of every batch norm's running averages (None: cumulative)
+    ghost_batch: int | None = None  # mlp with bnlib: statistics over ghost batches this large
     dataset: str = "fashion-mnist"
     train_limit: int | None = 20000  # the first training images used
     batch_size: int = 60
     lr: float = 0.1  # SGD
     sgd_momentum: float = 0.0  # 0: plain SGD
+    weight_decay: float = 0.0  # SGD's, on every weight...
+    decay_norms: bool = True  # ...and on the normalisation layers' gamma and beta too
     num_steps: int = 1000
     eval_every: int = 50
     eval_train_size: int = 1000  # training images on which training accuracy is measured
@@ -199,12 +202,43 @@ def build_model(config: RunConfig) -> torch.nn.Module:
         )
     else:
         raise ValueError(f"model must be 'mlp' or 'cnn', got {config.model!r}")
+    if config.ghost_batch is not None:
+        if config.model != "mlp" or config.norm != "bnlib":
+            raise ValueError(
+                "ghost_batch needs model='mlp' and norm='bnlib' (bnlib's GhostBatchNorm1d), got "
+                f"model={config.model!r}, norm={config.norm!r}"
+            )
+        for i, layer in enumerate(model.norms):
+            model.norms[i] = GhostBatchNorm1d(
+                layer.num_features, layer.eps, virtual_batch_size=config.ghost_batch
+            )
     if config.init_gain is not None:
         scale_init(model, config.init_gain)
     for module in model.modules():
         if is_batch_norm(module):
             module.momentum = config.bn_momentum
     return model
+
+
+def make_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.SGD:
+    """SGD with the configuration's learning rate, momentum and weight decay; with
+    ``decay_norms=False``, the parameters of the normalisation layers (gamma and beta of batch,
+    layer and group norm) are left out of the weight decay."""
+    settings = {"lr": config.lr, "momentum": config.sgd_momentum}
+    if config.decay_norms or config.weight_decay == 0:
+        return torch.optim.SGD(model.parameters(), weight_decay=config.weight_decay, **settings)
+    norms = (torch.nn.LayerNorm, torch.nn.GroupNorm, StackedGroupNorm)
+    exempt = {
+        id(p)
+        for m in model.modules()
+        if is_batch_norm(m) or isinstance(m, norms)
+        for p in m.parameters(recurse=False)
+    }
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in exempt]},
+        {"params": [p for p in model.parameters() if id(p) in exempt], "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD(groups, weight_decay=config.weight_decay, **settings)
 
 
 def train_run(config: RunConfig) -> dict:
@@ -229,7 +263,7 @@ def train_run(config: RunConfig) -> dict:
     model = build_model(config)
     device = default_device()
     model = model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.sgd_momentum)
+    optimizer = make_optimizer(model, config)
     history = {k: [] for k in ("step", "train_loss", "test_loss", "test_accuracy")}
     history |= {"train_accuracy": [], "diverged": False}
     window: list[float] = []
@@ -472,7 +506,7 @@ def train_seeds(config: RunConfig, seeds: Sequence[int]) -> list[dict]:
     X_seen, y_seen = X[: config.eval_train_size], y[: config.eval_train_size]
     device = default_device()
     model = StackedMLP([build_model(c) for c in configs]).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.sgd_momentum)
+    optimizer = make_optimizer(model, config)
     histories = _seed_histories(configs)
     windows: list[list[float]] = [[] for _ in seeds]
     alive = [True] * len(seeds)
@@ -703,7 +737,7 @@ def swa_run(config: SWAConfig) -> dict:
     X, y = load_tensors(train.dataset, train=True, limit=train.train_limit)
     X_test, y_test = load_tensors(train.dataset, train=False)
     model = build_model(train)
-    optimizer = torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.sgd_momentum)
+    optimizer = make_optimizer(model, train)
     averaged = {}
 
     def average(step: int, net: torch.nn.Module, _loss: float) -> None:

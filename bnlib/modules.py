@@ -16,7 +16,15 @@ from torch import Tensor, nn
 from bnlib import fast
 from bnlib import functional as F
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "IMPLEMENTATIONS", "is_batch_norm"]
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
+    "IMPLEMENTATIONS",
+    "is_batch_norm",
+]
 
 # The training-mode computations, ``(x, gamma, beta, eps) -> (y, mean, var)``, for
 # functional.batch_norm(..., normalise=...): same results, different speed and memory (see
@@ -222,6 +230,54 @@ class BatchNorm3d(_BatchNorm):
     """
 
     _accepted_dims = (5,)
+
+
+class _Ghost:
+    """Ghost batch norm (Hoffer et al., 2017): in training, a mini-batch of more than
+    ``virtual_batch_size`` examples is split, in order, into ghost batches of that many (the
+    last one may be smaller), and each is normalised with its own statistics, as if it were
+    the whole mini-batch of a plain layer. The running estimates are updated once per ghost
+    batch, in turn (the batch counter too), as in the paper's algorithm. In evaluation mode,
+    and for a mini-batch no larger than a ghost batch, it is the plain layer.
+
+    The optimiser's batch and batch norm's batch then have two sizes: the gradient averages
+    the whole mini-batch, the statistics are those of ``virtual_batch_size`` examples.
+    """
+
+    def __init__(self, num_features: int, *args, virtual_batch_size: int, **kwargs) -> None:
+        if not isinstance(virtual_batch_size, int) or virtual_batch_size < 2:
+            raise ValueError(
+                f"virtual_batch_size must be an integer >= 2 (examples per ghost batch, each "
+                f"normalised with its own statistics), got {virtual_batch_size!r}"
+            )
+        super().__init__(num_features, *args, **kwargs)
+        self.virtual_batch_size = virtual_batch_size
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, virtual_batch_size={self.virtual_batch_size}"
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not self.training or input.shape[0] <= self.virtual_batch_size:
+            return super().forward(input)
+        ghosts = input.split(self.virtual_batch_size)
+        return torch.cat([super(_Ghost, self).forward(ghost) for ghost in ghosts])
+
+
+class GhostBatchNorm1d(_Ghost, BatchNorm1d):
+    """``BatchNorm1d`` whose training statistics come from ghost batches of
+    ``virtual_batch_size`` examples (keyword only, at least 2), see ``_Ghost``.
+
+    Example::
+
+        >>> bn = GhostBatchNorm1d(100, virtual_batch_size=32)
+        >>> bn(torch.randn(256, 100)).shape  # 8 ghost batches, 8 updates of the statistics
+        torch.Size([256, 100])
+    """
+
+
+class GhostBatchNorm2d(_Ghost, BatchNorm2d):
+    """``BatchNorm2d`` whose training statistics come from ghost batches of
+    ``virtual_batch_size`` images (keyword only, at least 2), see ``_Ghost``."""
 
 
 def is_batch_norm(module: nn.Module) -> bool:

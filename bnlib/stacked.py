@@ -75,7 +75,11 @@ class StackedBatchNorm(nn.Module):
         super().__init__()
         first = norms[0]
         self.num_seeds, self.num_features = len(norms), first.num_features
-        self.norm = type(first)(self.num_seeds * self.num_features, first.eps, first.momentum)
+        ghost = getattr(first, "virtual_batch_size", None)  # a ghost batch norm: the same split
+        extra = {} if ghost is None else {"virtual_batch_size": ghost}
+        self.norm = type(first)(
+            self.num_seeds * self.num_features, first.eps, first.momentum, **extra
+        )
         if hasattr(first, "implementation"):  # bnlib's: train through the same Function
             self.norm.implementation = first.implementation
         with torch.no_grad():

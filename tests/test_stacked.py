@@ -40,8 +40,9 @@ def assert_same_histories(stacked, separate, tol):
         RunConfig(norm="layer", depth=2, **SMALL),
         RunConfig(norm="group", activation="relu", **SMALL),
         RunConfig(norm=None, **SMALL),
+        RunConfig(norm="bnlib", ghost_batch=16, weight_decay=0.05, decay_norms=False, **SMALL),
     ],
-    ids=["bnlib-momentum", "torch-after-activation", "layer", "group", "none"],
+    ids=["bnlib-momentum", "torch-after-activation", "layer", "group", "none", "ghost-decay"],
 )
 def test_stacked_seeds_train_as_separate_runs(config):
     seeds = [3, 4]
