@@ -24,6 +24,7 @@ __all__ = [
     "GhostBatchNorm2d",
     "IMPLEMENTATIONS",
     "is_batch_norm",
+    "masked_batch_norm",
 ]
 
 # The training-mode computations, ``(x, gamma, beta, eps) -> (y, mean, var)``, for
@@ -284,3 +285,28 @@ def is_batch_norm(module: nn.Module) -> bool:
     """Whether ``module`` is a batch norm layer, PyTorch's (``BatchNorm*d``, ``SyncBatchNorm``)
     or bnlib's."""
     return isinstance(module, nn.modules.batchnorm._BatchNorm | _BatchNorm)
+
+
+def masked_batch_norm(layer: nn.Module, input: Tensor, mask: Tensor) -> Tensor:
+    """``layer``, a ``BatchNorm1d`` (bnlib's or PyTorch's), applied to the valid steps of a
+    padded batch of sequences only: its statistics, and its running estimates, are those of
+    the real steps, not of the padding.
+
+    Args:
+        input: (N, C, L), sequences padded to length L.
+        mask: (N, L) booleans, True where a step is real.
+
+    Returns:
+        (N, C, L): the valid steps normalised as one batch of (steps, C), the padding 0.
+    """
+    if input.dim() != 3:
+        raise ValueError(f"expected a padded (N, C, L) input, got shape {tuple(input.shape)}")
+    if mask.shape != (input.shape[0], input.shape[2]) or mask.dtype != torch.bool:
+        raise ValueError(
+            f"mask must be a boolean (N, L) = {(input.shape[0], input.shape[2])} tensor, True "
+            f"where a step is real; got {mask.dtype} of shape {tuple(mask.shape)}"
+        )
+    steps = input.transpose(1, 2)  # (N, L, C)
+    out = steps.new_zeros(steps.shape)
+    out[mask] = layer(steps[mask])  # (valid steps, C): one batch of steps
+    return out.transpose(1, 2)

@@ -1,5 +1,5 @@
-"""Ghost batch norm and weight decay without the normalisation layers: what the chapter "The
-batch" trains with."""
+"""Ghost batch norm, masked batch norm for padded sequences, and weight decay without the
+normalisation layers: what the chapter "The batch" trains with."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from bnlib.experiments import RunConfig, build_model, make_optimizer
-from bnlib.modules import GhostBatchNorm1d, GhostBatchNorm2d
+from bnlib.modules import GhostBatchNorm1d, GhostBatchNorm2d, masked_batch_norm
 from bnlib.stacked import StackedMLP
 
 
@@ -94,3 +94,34 @@ def test_decay_norms_false_leaves_gamma_and_beta_out_of_the_weight_decay(norm, s
         for name, factor in one_step(decay_norms).items():
             expected = norm_factor if name.startswith("norms.") else shrink
             assert_close(factor, torch.full_like(factor, expected), msg=name)
+
+
+def test_masked_batch_norm_normalises_the_real_steps_only():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 6, dtype=torch.float64) * 2 + 1
+    lengths = torch.tensor([6, 2, 4, 1])
+    mask = torch.arange(6) < lengths[:, None]
+    padded = x * mask[:, None, :]
+    ours, reference = nn.BatchNorm1d(3).double(), nn.BatchNorm1d(3).double()
+    a = padded.clone().requires_grad_()
+    out = masked_batch_norm(ours, a, mask)
+    real = torch.cat([padded[i, :, :n].t() for i, n in enumerate(lengths.tolist())])  # (13, 3)
+    expected = reference(real)
+    assert_close(out.transpose(1, 2)[mask], expected)
+    assert (out.transpose(1, 2)[~mask] == 0).all()
+    assert_close(ours.running_mean, reference.running_mean)
+    assert_close(ours.running_var, reference.running_var)
+    out.sum().backward()
+    assert (a.grad.transpose(1, 2)[~mask] == 0).all()  # the padding gets no gradient
+    plain = nn.BatchNorm1d(3).double()(padded)  # the padding enters the statistics
+    assert not torch.allclose(plain.transpose(1, 2)[mask], expected)
+
+
+def test_masked_batch_norm_refuses_a_mask_of_the_wrong_shape_or_type():
+    layer, x = nn.BatchNorm1d(3), torch.randn(4, 3, 6)
+    with pytest.raises(ValueError, match=r"mask must be a boolean \(N, L\) = \(4, 6\) tensor"):
+        masked_batch_norm(layer, x, torch.ones(4, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask must be a boolean"):
+        masked_batch_norm(layer, x, torch.ones(4, 6))
+    with pytest.raises(ValueError, match=r"expected a padded \(N, C, L\) input"):
+        masked_batch_norm(layer, torch.randn(4, 3), torch.ones(4, 3, dtype=torch.bool))
