@@ -9,11 +9,12 @@ stopped moving because it converged from one whose ReLUs all went silent.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from bnlib.models import PaperMLP
 
-__all__ = ["row_norms", "dead_units"]
+__all__ = ["row_norms", "row_angles", "row_watch", "gradient_norms", "dead_units"]
 
 
 def row_norms(model: PaperMLP) -> list[Tensor]:
@@ -22,6 +23,56 @@ def row_norms(model: PaperMLP) -> list[Tensor]:
     if not isinstance(model, PaperMLP):
         raise TypeError(f"row_norms takes a PaperMLP, got {type(model).__name__}")
     return [linear.weight.detach().norm(dim=1) for linear in model.linears]
+
+
+def row_angles(before: Tensor, after: Tensor) -> Tensor:
+    """The angle, in radians, by which each weight row turned between two copies of a layer's
+    weight, (..., out, in) each: (..., out). Computed from the part of ``after`` orthogonal to
+    ``before`` (in float64), accurate for the small angles of one step, where ``arccos`` of a
+    cosine near 1 is not."""
+    if before.shape != after.shape:
+        raise ValueError(f"two copies of one weight needed, got {before.shape} and {after.shape}")
+    before, after = before.double(), after.double()
+    unit = before / before.norm(dim=-1, keepdim=True)
+    along = (after * unit).sum(-1)
+    across = (after - along.unsqueeze(-1) * unit).norm(dim=-1)
+    return torch.atan2(across, along)
+
+
+def row_watch(linears: list[nn.Module], previous: list[Tensor] | None) -> dict[str, list]:
+    """What ``RunConfig(watch_rows=True)`` records of the hidden linear layers ``linears`` (a
+    ``PaperMLP``'s, or a ``StackedMLP``'s with weights (S, out, in)): for each seed, the median
+    over the rows of each layer of the row norm ``||w_i||`` and of the angle each row turned by
+    since ``previous`` (the weights one step earlier; None: no angle).
+
+    Returns:
+        ``{"row_norm": [[per layer] per seed], "row_angle": [[per layer] per seed] or None}``.
+    """
+    weights = [m.weight.detach() for m in linears]
+    weights = [w if w.dim() == 3 else w.unsqueeze(0) for w in weights]  # (S, out, in)
+    norms = torch.stack([w.norm(dim=-1).median(dim=-1).values for w in weights], dim=1)
+    angles = None
+    if previous is not None:
+        previous = [w if w.dim() == 3 else w.unsqueeze(0) for w in previous]
+        pairs = zip(previous, weights, strict=True)
+        medians = [row_angles(a, b).median(dim=-1).values for a, b in pairs]
+        angles = torch.stack(medians, dim=1).tolist()
+    return {"row_norm": norms.tolist(), "row_angle": angles}
+
+
+def gradient_norms(model: PaperMLP, x: Tensor, y: Tensor) -> list[float]:
+    """The norm of the gradient of the mean negative log-likelihood on ``(x, y)`` with respect to
+    each hidden linear layer's weight, first layer first, in training mode (batch statistics),
+    as at a step of training (the running statistics take the batch in, as there). The model's
+    parameter gradients and its mode are left as they were."""
+    if not isinstance(model, PaperMLP):
+        raise TypeError(f"gradient_norms takes a PaperMLP, got {type(model).__name__}")
+    was_training = model.training
+    model.train()
+    weights = [linear.weight for linear in model.linears]
+    grads = torch.autograd.grad(F.nll_loss(model(x), y), weights)
+    model.train(was_training)
+    return [g.norm().item() for g in grads]
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ from bnlib import cache
 from bnlib.benchmark import BenchmarkConfig, StepTimeConfig, benchmark, training_step_times
 from bnlib.cache import THREADS
 from bnlib.data import load_tensors, make_loader
+from bnlib.diagnostics import row_watch
 from bnlib.distributed import SyncBatchNorm, spawn
 from bnlib.landscape import LandscapeConfig, landscape_seeds, loss_landscape
 from bnlib.models import ArticleCNN, DistributionShift, PaperMLP, scale_init
@@ -177,6 +178,7 @@ class RunConfig:
     eval_test_size: int | None = 2000  # test images of each record (None: all)...
     final_test_size: int | None = None  # ...but the last one's (None: the whole test set)
     seed: int = 0
+    watch_rows: bool = False  # mlp: record row norms and one-step angles too (row_watch)
     keep_state: bool = False  # return the trained weights too, under "state_dict"
     predict_test: bool = False  # return the predicted classes of the whole test set too
 
@@ -247,8 +249,11 @@ def train_run(config: RunConfig) -> dict:
     Returns:
         ``{"config": dict, "step": [...], "train_loss": [...], "test_loss": [...],
         "test_accuracy": [...], "train_accuracy": [...], "diverged": bool}``, plus
-        ``"state_dict"`` with ``keep_state`` and ``"test_predictions"`` (N,) with
-        ``predict_test``, both cached with the rest. Training runs on the GPU when there is one.
+        ``"state_dict"`` with ``keep_state``, ``"test_predictions"`` (N,) with
+        ``predict_test``, and with ``watch_rows``, at every record, ``"row_norm"`` and
+        ``"row_angle"`` (``diagnostics.row_watch``: per hidden layer, the median row norm and
+        the median angle a row turned by in the step just taken, None at step 0), all cached
+        with the rest. Training runs on the GPU when there is one.
         ``train_loss`` is the mean loss of the mini-batches since the previous record, as
         training computes it (None at step 0);
         the accuracies are measured in eval mode, on the first ``eval_test_size`` test images,
@@ -266,7 +271,10 @@ def train_run(config: RunConfig) -> dict:
     optimizer = make_optimizer(model, config)
     history = {k: [] for k in ("step", "train_loss", "test_loss", "test_accuracy")}
     history |= {"train_accuracy": [], "diverged": False}
+    if config.watch_rows:
+        history |= {"row_norm": [], "row_angle": []}
     window: list[float] = []
+    previous = None  # the hidden layers' weights one step earlier, when watched
 
     def record(step: int) -> None:
         final = step == config.num_steps
@@ -277,6 +285,10 @@ def train_run(config: RunConfig) -> dict:
         history["test_loss"].append(test_loss)
         history["test_accuracy"].append(test_accuracy)
         history["train_accuracy"].append(evaluate(model, X_seen, y_seen)[1])
+        if config.watch_rows:
+            watched = row_watch(list(model.linears), previous)
+            history["row_norm"].append(watched["row_norm"][0])
+            history["row_angle"].append(watched["row_angle"] and watched["row_angle"][0])
         window.clear()
 
     record(0)
@@ -291,6 +303,8 @@ def train_run(config: RunConfig) -> dict:
                 history["diverged"] = True
                 break
             loss.backward()
+            if config.watch_rows and (step + 1) % config.eval_every == 0:  # recorded next
+                previous = [m.weight.detach().clone() for m in model.linears]
             optimizer.step()
             step += 1
             window.append(loss.item())
@@ -508,8 +522,17 @@ def train_seeds(config: RunConfig, seeds: Sequence[int]) -> list[dict]:
     model = StackedMLP([build_model(c) for c in configs]).to(device)
     optimizer = make_optimizer(model, config)
     histories = _seed_histories(configs)
+    if config.watch_rows:
+        for history in histories:
+            history |= {"row_norm": [], "row_angle": []}
     windows: list[list[float]] = [[] for _ in seeds]
     alive = [True] * len(seeds)
+    previous = None  # the hidden layers' weights one step before the next record, when watched
+
+    def snapshot(step: int) -> None:
+        nonlocal previous
+        if config.watch_rows and (step + 1) % config.eval_every == 0:
+            previous = [m.weight.detach().clone() for m in model.linears]
 
     def record(step: int) -> None:
         final = step == config.num_steps
@@ -517,6 +540,7 @@ def train_seeds(config: RunConfig, seeds: Sequence[int]) -> list[dict]:
             model, *((X_all, y_all) if final else (X_test, y_test))
         )
         _, seen_acc = evaluate_stacked(model, X_seen, y_seen)
+        watched = row_watch(list(model.linears), previous) if config.watch_rows else None
         for s, history in enumerate(histories):
             if not alive[s]:
                 continue
@@ -525,6 +549,9 @@ def train_seeds(config: RunConfig, seeds: Sequence[int]) -> list[dict]:
             history["test_loss"].append(test_loss[s])
             history["test_accuracy"].append(test_acc[s])
             history["train_accuracy"].append(seen_acc[s])
+            if watched is not None:
+                history["row_norm"].append(watched["row_norm"][s])
+                history["row_angle"].append(watched["row_angle"] and watched["row_angle"][s])
             windows[s].clear()
 
     def on_step(step: int, _model, losses, still) -> None:
@@ -534,8 +561,10 @@ def train_seeds(config: RunConfig, seeds: Sequence[int]) -> list[dict]:
                 windows[s].append(loss)
         if step % config.eval_every == 0:
             record(step)
+        snapshot(step)
 
     record(0)
+    snapshot(0)
     batches = stacked_batches([make_loader(X, y, config.batch_size, seed=c.seed) for c in configs])
     diverged = train_stacked_steps(model, batches, optimizer, config.num_steps, on_step=on_step)
     predictions = predict_stacked(model, X_all) if config.predict_test else None

@@ -30,6 +30,11 @@ def assert_same_histories(stacked, separate, tol):
     for key in ("train_loss", "test_loss", "test_accuracy", "train_accuracy"):
         for a, b in zip(stacked[key], separate[key], strict=True):
             assert (a is None and b is None) or abs(a - b) <= tol, (key, a, b)
+    assert ("row_norm" in stacked) == ("row_norm" in separate)
+    for key in ("row_norm", "row_angle") if "row_norm" in stacked else ():
+        for a, b in zip(stacked[key], separate[key], strict=True):
+            same = a is None and b is None
+            assert same or max(abs(u - v) for u, v in zip(a, b, strict=True)) <= tol, key
 
 
 @pytest.mark.parametrize(
@@ -41,8 +46,17 @@ def assert_same_histories(stacked, separate, tol):
         RunConfig(norm="group", activation="relu", **SMALL),
         RunConfig(norm=None, **SMALL),
         RunConfig(norm="bnlib", ghost_batch=16, weight_decay=0.05, decay_norms=False, **SMALL),
+        RunConfig(norm="bnlib", watch_rows=True, **SMALL),
     ],
-    ids=["bnlib-momentum", "torch-after-activation", "layer", "group", "none", "ghost-decay"],
+    ids=[
+        "bnlib-momentum",
+        "torch-after-activation",
+        "layer",
+        "group",
+        "none",
+        "ghost-decay",
+        "watched-rows",
+    ],
 )
 def test_stacked_seeds_train_as_separate_runs(config):
     seeds = [3, 4]
