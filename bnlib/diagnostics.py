@@ -41,9 +41,11 @@ def row_angles(before: Tensor, after: Tensor) -> Tensor:
 
 def row_watch(linears: list[nn.Module], previous: list[Tensor] | None) -> dict[str, list]:
     """What ``RunConfig(watch_rows=True)`` records of the hidden linear layers ``linears`` (a
-    ``PaperMLP``'s, or a ``StackedMLP``'s with weights (S, out, in)): for each seed, the median
-    over the rows of each layer of the row norm ``||w_i||`` and of the angle each row turned by
-    since ``previous`` (the weights one step earlier; None: no angle).
+    ``PaperMLP``'s, or a ``StackedMLP``'s with weights (S, out, in)): for each seed and layer,
+    the median over the rows of the row norm ``||w_i||``, and the root mean square over the rows
+    of the angle each row turned by since ``previous`` (the weights one step earlier; None: no
+    angle). The mean square is what the equilibrium of weight decay predicts (``2 * lr * wd``
+    for plain SGD).
 
     Returns:
         ``{"row_norm": [[per layer] per seed], "row_angle": [[per layer] per seed] or None}``.
@@ -55,8 +57,8 @@ def row_watch(linears: list[nn.Module], previous: list[Tensor] | None) -> dict[s
     if previous is not None:
         previous = [w if w.dim() == 3 else w.unsqueeze(0) for w in previous]
         pairs = zip(previous, weights, strict=True)
-        medians = [row_angles(a, b).median(dim=-1).values for a, b in pairs]
-        angles = torch.stack(medians, dim=1).tolist()
+        rms = [row_angles(a, b).pow(2).mean(dim=-1).sqrt() for a, b in pairs]
+        angles = torch.stack(rms, dim=1).tolist()
     return {"row_norm": norms.tolist(), "row_angle": angles}
 
 

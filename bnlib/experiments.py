@@ -252,8 +252,8 @@ def train_run(config: RunConfig) -> dict:
         ``"state_dict"`` with ``keep_state``, ``"test_predictions"`` (N,) with
         ``predict_test``, and with ``watch_rows``, at every record, ``"row_norm"`` and
         ``"row_angle"`` (``diagnostics.row_watch``: per hidden layer, the median row norm and
-        the median angle a row turned by in the step just taken, None at step 0), all cached
-        with the rest. Training runs on the GPU when there is one.
+        the root mean square angle the rows turned by in the step just taken, None at step 0),
+        all cached with the rest. Training runs on the GPU when there is one.
         ``train_loss`` is the mean loss of the mini-batches since the previous record, as
         training computes it (None at step 0);
         the accuracies are measured in eval mode, on the first ``eval_test_size`` test images,

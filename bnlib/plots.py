@@ -28,6 +28,8 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_misclassified",
     "plot_seed_spread",
+    "plot_rotation",
+    "plot_layer_gradients",
 ]
 
 # Colours that stay distinct on light and dark backgrounds (the figure keeps a white face).
@@ -46,6 +48,9 @@ COLOURS = {
     "group_norm": "#e7298a",
     "bn_before_activation": "#1b9e77",
     "bn_after_activation": "#66a61e",
+    "without_decay": "#d95f02",
+    "with_decay": "#1b9e77",
+    "without_bn_he": "#7570b3",
 }
 
 
@@ -475,4 +480,65 @@ def plot_seed_spread(arms: dict[str, Interval], difference: Interval, lang: str 
     ax_diff.axhline(0, color="#555555", linestyle="--", linewidth=1)
     ax_diff.set(xlim=(-0.3, 0.6), xticks=[], ylabel=t["seed_difference"])
     ax_diff.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    return fig
+
+
+@_figure_in_language
+def plot_rotation(
+    runs: dict[str, list[dict]], equilibrium: float | None = None, lang: str = "en"
+) -> Figure:
+    """Along training, for each arm of ``runs`` (a key of ``COLOURS``: histories of
+    ``RunConfig(watch_rows=True)``): the median norm of a weight row of each hidden layer (left)
+    and the angle its rows turn by in one step (right), means over the seeds, one line style
+    per layer; ``equilibrium``, if given, as a dashed line on the right."""
+    t = labels(lang)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    styles = ("-", "--", ":")
+    for arm, histories in runs.items():
+        steps = histories[0]["step"]
+        depth = len(histories[0]["row_norm"][0])
+        for i in range(depth):
+            norm = [
+                sum(h["row_norm"][k][i] for h in histories) / len(histories)
+                for k in range(len(steps))
+            ]
+            angle = [
+                sum(h["row_angle"][k][i] for h in histories) / len(histories)
+                for k in range(1, len(steps))
+            ]
+            label = f"{t[arm]}, {t['hidden_layer'].format(i=i + 1)}"
+            left.plot(steps, norm, styles[i % 3], color=COLOURS[arm], label=label)
+            right.plot(steps[1:], angle, styles[i % 3], color=COLOURS[arm])
+    if equilibrium is not None:
+        right.axhline(
+            equilibrium, color="#555555", linestyle="--", linewidth=1, label=t["equilibrium"]
+        )
+        right.legend()
+    left.set(xlabel=t["step"], ylabel=t["row_norm"])
+    right.set(xlabel=t["step"], ylabel=t["row_angle"])
+    left.legend(fontsize="small")
+    return fig
+
+
+@_figure_in_language
+def plot_layer_gradients(norms: dict[str, list[list[float]]], lang: str = "en") -> Figure:
+    """The gradient norm of each hidden layer's weights at initialisation, first layer on the
+    left, for each arm of ``norms`` (a key of ``COLOURS``: one list of per-layer norms per
+    seed): the mean over the seeds as a line, the range of the seeds as a band, log scale."""
+    t = labels(lang)
+    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
+    for arm, seeds in norms.items():
+        layers = range(1, len(seeds[0]) + 1)
+        columns = list(zip(*seeds, strict=True))
+        ax.fill_between(
+            layers,
+            [min(c) for c in columns],
+            [max(c) for c in columns],
+            color=COLOURS[arm],
+            alpha=0.2,
+            linewidth=0,
+        )
+        ax.plot(layers, [sum(c) / len(c) for c in columns], color=COLOURS[arm], label=t[arm])
+    ax.set(yscale="log", xlabel=t["layer_index"], ylabel=t["grad_norm"])
+    ax.legend()
     return fig

@@ -225,3 +225,32 @@ def test_error_messages_the_chapters_show_are_in_the_pages_language():
         assert "torch.Size([1, 3])" in french and "Expected" not in french
     assert "model.eval()" in message(ours.value, "fr")
     assert message(ValueError("something else"), "fr") == "something else"
+
+
+@pytest.mark.parametrize("lang", ["fr", "en"])
+def test_rotation_and_layer_gradient_plots_draw_their_arms_in_the_page_language(lang):
+    t = plots.LABELS[lang]
+    watched = {
+        "step": [0, 10, 20],
+        "row_norm": [[1.0, 1.0], [1.1, 1.0], [1.2, 1.1]],
+        "row_angle": [None, [0.02, 0.01], [0.03, 0.02]],
+    }
+    fig = plots.plot_rotation({"with_decay": [watched, watched]}, equilibrium=0.05, lang=lang)
+    left, right = fig.axes
+    assert left.get_ylabel() == t["row_norm"] and right.get_ylabel() == t["row_angle"]
+    assert [line.get_ydata()[-1] for line in right.get_lines()[:2]] == [0.03, 0.02]
+    assert right.get_lines()[-1].get_ydata()[0] == 0.05  # the equilibrium line
+    assert right.get_legend().get_texts()[0].get_text() == t["equilibrium"]
+    layer_two = left.get_legend().get_texts()[1].get_text()
+    assert layer_two == f"{t['with_decay']}, {t['hidden_layer'].format(i=2)}"
+    grads = plots.plot_layer_gradients(
+        {"with_bn": [[4.0, 2.0, 1.0], [8.0, 2.0, 1.0]], "without_bn_he": [[1.0, 1.0, 1.0]] * 2},
+        lang=lang,
+    )
+    ax = grads.axes[0]
+    assert ax.get_yscale() == "log" and ax.get_xlabel() == t["layer_index"]
+    assert list(ax.get_lines()[0].get_ydata()) == [6.0, 2.0, 1.0]  # the mean over the seeds
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == [
+        t["with_bn"],
+        t["without_bn_he"],
+    ]
