@@ -8,7 +8,10 @@ recorded as unavailable, with the reason, and the others are measured all the sa
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from bnlib.training import seconds_per_step, set_seed
 __all__ = [
     "TRAINING",
     "BenchmarkConfig",
+    "keep_freed_memory",
     "saved_bytes",
     "copy_bandwidth",
     "floor_bytes",
@@ -75,6 +79,30 @@ class BenchmarkConfig:
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Ask the C allocator (glibc, on Linux) to keep freed memory for the process's next
+    allocations, instead of handing it back to the system; returns whether it could.
+
+    A tensor of several MiB is otherwise mapped fresh from the system (or the heap trimmed
+    when it is freed): its next owner pays a page fault per 4 KiB page it touches, which costs
+    as much as the batch norm itself (on (128, 64, 24, 24), the native kernel's fwd+bwd went
+    from 9-18 ms to 8.3-8.8 ms). Which implementation pays them depends on what the previous
+    one freed, so timings taken side by side would compare the allocator, not the kernels.
+    For the rest of the process: its resident memory then stays at its peak.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    # 32 MiB is the largest threshold glibc accepts for mmap, 1 GiB is ample for the trim one
+    return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 2**30))
 
 
 def saved_bytes(
@@ -164,9 +192,12 @@ def _first_call(normalise: Implementation, tensors: tuple[Tensor, ...]) -> float
 def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> list[dict]:
     """Forward + backward time and saved memory of each implementation, for each shape.
 
-    The implementations take turns within each repetition, so a slow moment of the machine
-    hits them alike. Returns one row per (shape, implementation) with ``ms`` (median),
-    ``time_ratio`` and ``memory_ratio`` to ``native``, ``saved_bytes``, and the shape's
+    The implementations take turns within each repetition, each in turn going first, so a
+    slow moment of the machine hits them alike; freed memory is kept for the process
+    (``keep_freed_memory``), so that none pays the page faults of what another freed.
+    Returns one row per (shape, implementation)
+    with ``ms`` (median), ``time_ratio`` to ``native`` (the median of the ratios within each
+    repetition), ``memory_ratio`` to ``native``, ``saved_bytes``, and the shape's
     ``floor_ms`` (floor bytes at the measured copy bandwidth); ``first_call_s`` is the first
     forward + backward, which includes compilation for ``compiled``. ``available`` is False
     when the machine's compiler failed on the implementation (``torch.compile`` raised
@@ -176,6 +207,7 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> list[dict]:
     unknown = set(config.implementations) - set(TRAINING)
     if unknown:
         raise ValueError(f"unknown implementations {sorted(unknown)}; choose from {list(TRAINING)}")
+    keep_freed_memory()
     generator = torch.Generator().manual_seed(config.seed)
     return [row for shape in config.shapes for row in _measure(shape, config, generator)]
 
@@ -195,7 +227,8 @@ def _measure(shape: tuple[int, ...], config: BenchmarkConfig, generator) -> list
     names = [name for name in config.implementations if name not in reasons]
     times: dict[str, list[float]] = {name: [] for name in names}
     for repeat in range(config.warmup - 1 + config.repeats):
-        for name in names:
+        turn = repeat % len(names)  # each implementation in turn goes first, then the next
+        for name in names[turn:] + names[:turn]:
             seconds = forward_backward_seconds(TRAINING[name], *tensors)
             if repeat >= config.warmup - 1:
                 times[name].append(seconds)
@@ -219,9 +252,18 @@ def _measure(shape: tuple[int, ...], config: BenchmarkConfig, generator) -> list
     ]
     native = next((r for r in rows if r["implementation"] == "native" and r["available"]), None)
     for row in rows:
-        row["time_ratio"] = row["ms"] / native["ms"] if native else nan
+        measured = native and row["available"]
+        ratio = _paired_ratio(times[row["implementation"]], times["native"]) if measured else nan
+        row["time_ratio"] = ratio
         row["memory_ratio"] = row["saved_bytes"] / native["saved_bytes"] if native else nan
     return rows
+
+
+def _paired_ratio(times: Sequence[float], native: Sequence[float]) -> float:
+    """The median over the repetitions of each repetition's time over native's in the same
+    repetition: a slow moment of the machine slows both terms of a ratio, and the median
+    leaves out the repetitions it hit one of them only."""
+    return statistics.median(t / n for t, n in zip(times, native, strict=True))
 
 
 def format_table(rows: Sequence[dict], lang: str = "en") -> str:
@@ -279,7 +321,9 @@ class StepTimeConfig:
 
 def training_step_times(config: StepTimeConfig = StepTimeConfig()) -> dict[str | None, float]:
     """Seconds per training step (forward, backward, SGD update) of the article's CNN on
-    Fashion-MNIST for each norm: the median over the rounds of each round's median step."""
+    Fashion-MNIST for each norm: the median over the rounds of each round's median step.
+    Freed memory is kept for the process (``keep_freed_memory``), as ``benchmark`` does."""
+    keep_freed_memory()
     limit = config.batch_size * (config.num_steps + 4)
     X, y = load_tensors("fashion-mnist", train=True, limit=limit)
     times: dict[str | None, list[float]] = {norm: [] for norm in config.norms}

@@ -5,6 +5,7 @@ Timings are printed, never asserted; memory saved for backward is deterministic,
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,21 @@ def test_script_rejects_a_bad_shape(capsys):
     with pytest.raises(SystemExit):
         load_script().main(["--shapes", "8x4"])
     assert "a shape is integers separated by commas" in capsys.readouterr().err
+
+
+def test_time_ratio_pairs_each_repetition_with_native_in_the_same_one():
+    """A slow moment that hits one repetition of both terms leaves the ratio alone."""
+    fast = [2.0, 20.0, 2.0]  # the machine was slow during the second repetition
+    native = [1.0, 10.0, 1.0]
+    assert B._paired_ratio(fast, native) == 2.0
+    assert B._paired_ratio([3.0, 1.0, 2.0], [1.0, 1.0, 1.0]) == 2.0  # the median
+    with pytest.raises(ValueError):
+        B._paired_ratio([1.0], [1.0, 2.0])  # repetitions unpaired
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
+def test_keep_freed_memory_is_accepted_by_glibc():
+    """glibc takes both thresholds (mallopt returns 0 for a value out of its range, such as an
+    mmap threshold above 32 MiB), and asking again changes nothing."""
+    assert B.keep_freed_memory() is True
+    assert B.keep_freed_memory() is True
