@@ -30,6 +30,7 @@ from bnlib.distributed import SyncBatchNorm, spawn
 from bnlib.landscape import LandscapeConfig, landscape_seeds, loss_landscape
 from bnlib.models import ArticleCNN, DistributionShift, PaperMLP, scale_init
 from bnlib.modules import GhostBatchNorm1d, is_batch_norm
+from bnlib.residual import ResidualMLP, adaptive_gradient_clipping
 from bnlib.seeds import seed_offset, set_seed
 from bnlib.stacked import StackedGroupNorm, StackedMLP
 from bnlib.training import (
@@ -154,7 +155,7 @@ def activation_drift(config: DriftConfig) -> dict:
 class RunConfig:
     """One seeded training run. The defaults are the paper's MLP on Fashion-MNIST."""
 
-    model: str = "mlp"  # "mlp" (PaperMLP) or "cnn" (ArticleCNN)
+    model: str = "mlp"  # "mlp" (PaperMLP), "cnn" (ArticleCNN) or "resmlp" (ResidualMLP)
     norm: str | None = None  # None, "torch", "bnlib", "layer" or "group"
     norm_after_activation: bool = False  # mlp only
     activation: str = "sigmoid"  # mlp only
@@ -165,6 +166,9 @@ class RunConfig:
     init_gain: float | None = None  # None: PyTorch's default initialisation, else scale_init
     bn_momentum: float | None = 0.1  # of every batch norm's running averages (None: cumulative)
     ghost_batch: int | None = None  # mlp with bnlib: statistics over ghost batches this large
+    variant: str = "bn"  # resmlp only: what keeps its residual stream in check (residual.VARIANTS)
+    blocks: int = 4  # resmlp only: residual blocks
+    agc: float | None = None  # adaptive gradient clipping's factor (None: no clipping)
     dataset: str = "fashion-mnist"
     train_limit: int | None = 20000  # the first training images used
     batch_size: int = 60
@@ -202,8 +206,10 @@ def build_model(config: RunConfig) -> torch.nn.Module:
             shift=shift,
             norm_after_activation=config.norm_after_activation,
         )
+    elif config.model == "resmlp":
+        model = ResidualMLP(config.variant, blocks=config.blocks, norm=config.norm)
     else:
-        raise ValueError(f"model must be 'mlp' or 'cnn', got {config.model!r}")
+        raise ValueError(f"model must be 'mlp', 'cnn' or 'resmlp', got {config.model!r}")
     if config.ghost_batch is not None:
         if config.model != "mlp" or config.norm != "bnlib":
             raise ValueError(
@@ -303,6 +309,8 @@ def train_run(config: RunConfig) -> dict:
                 history["diverged"] = True
                 break
             loss.backward()
+            if config.agc is not None:  # the classifier unclipped, as Brock et al.
+                adaptive_gradient_clipping(model, config.agc, skip=(model.out,))
             if config.watch_rows and (step + 1) % config.eval_every == 0:  # recorded next
                 previous = [m.weight.detach().clone() for m in model.linears]
             optimizer.step()
