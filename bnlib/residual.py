@@ -29,7 +29,14 @@ from torch import Tensor, nn
 
 from bnlib.models import norm_layer
 
-__all__ = ["VARIANTS", "ResidualMLP", "WSLinear", "adaptive_gradient_clipping", "branch_ratios"]
+__all__ = [
+    "VARIANTS",
+    "ResidualMLP",
+    "WSLinear",
+    "adaptive_gradient_clipping",
+    "branch_ratios",
+    "power_law_exponent",
+]
 
 VARIANTS = ("bn", "bn_zero_gamma", "none", "skipinit", "fixup", "nf")
 
@@ -187,6 +194,21 @@ def branch_ratios(model: ResidualMLP, x: Tensor) -> list[float]:
             (block.branch(h).std() / h.std()).item()
             for block, h in zip(model.blocks, states[:-1], strict=True)
         ]
+
+
+def power_law_exponent(values: list[float]) -> float:
+    """The exponent p of ``values[l - 1] ~ c * l ** p`` (l = 1, 2, ...): the least-squares slope
+    of log(value) against log(l). ``branch_ratios`` of batch-normalised blocks give about -1/2.
+
+    Raises:
+        ValueError: fewer than two values, or a value that is not positive (no logarithm).
+    """
+    if len(values) < 2 or min(values) <= 0:
+        raise ValueError(f"need at least two positive values, got {values}")
+    x = torch.log(torch.arange(1, len(values) + 1, dtype=torch.float64))
+    y = torch.log(torch.tensor(values, dtype=torch.float64))
+    x, y = x - x.mean(), y - y.mean()
+    return ((x * y).sum() / (x * x).sum()).item()
 
 
 def adaptive_gradient_clipping(

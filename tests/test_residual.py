@@ -13,6 +13,7 @@ from bnlib.residual import (
     WSLinear,
     adaptive_gradient_clipping,
     branch_ratios,
+    power_law_exponent,
 )
 
 
@@ -49,6 +50,7 @@ def test_batch_norm_blocks_shrink_like_one_over_the_square_root_of_depth():
     scaled = [r * math.sqrt(i + 1) for i, r in enumerate(ratios)]
     assert ratios[-1] < ratios[0] / 3
     assert max(scaled[1:]) < 1.3 * min(scaled[1:])
+    assert -0.6 < power_law_exponent(ratios) < -0.4
 
 
 def test_torch_and_bnlib_batch_norm_give_the_same_network():
@@ -113,3 +115,10 @@ def test_residual_runs_train_and_clipping_changes_them():
     assert plain["train_loss"][-1] != clipped["train_loss"][-1]
     with pytest.raises(ValueError, match="needs norm 'bnlib' or 'torch'"):
         train_run(RunConfig(model="resmlp", variant="bn", norm=None))
+
+
+def test_power_law_exponent():
+    assert power_law_exponent([3 * k**-0.5 for k in range(1, 17)]) == pytest.approx(-0.5)
+    assert power_law_exponent([2.0, 2.0, 2.0]) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="at least two positive values"):
+        power_law_exponent([1.0, 0.0])
