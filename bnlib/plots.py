@@ -542,3 +542,37 @@ def plot_layer_gradients(norms: dict[str, list[list[float]]], lang: str = "en") 
     ax.set(yscale="log", xlabel=t["layer_index"], ylabel=t["grad_norm"])
     ax.legend()
     return fig
+
+
+@_figure_in_language
+def plot_residual_arms(
+    final: dict[tuple[str, str], list[float | None]], lrs: dict[str, float], lang: str = "en"
+) -> Figure:
+    """Each seed's final test accuracy for each variant (``(variant, lr key)`` -> one accuracy
+    per seed, None where the run diverged), one panel per learning rate of ``lrs``; a diverged
+    run is a cross at the bottom of its panel, a black bar the mean of the seeds that did not
+    diverge."""
+    t = labels(lang)
+    variants = list(dict.fromkeys(variant for variant, _ in final))
+    fig, axes = plt.subplots(1, len(lrs), figsize=(10, 4), layout="constrained", sharey=True)
+    for ax, (key, lr) in zip(axes, lrs.items(), strict=True):
+        for x, variant in enumerate(variants):
+            values = final[variant, key]
+            done = [100 * v for v in values if v is not None]
+            jitter = [x + 0.05 * (i - (len(values) - 1) / 2) for i in range(len(values))]
+            ax.plot(
+                [j for j, v in zip(jitter, values, strict=True) if v is not None], done, "o",
+                color=f"C{x}", alpha=0.7,
+            )  # fmt: skip
+            failed = [j for j, v in zip(jitter, values, strict=True) if v is None]
+            ax.plot(failed, [0] * len(failed), "x", color=f"C{x}", markersize=8)
+            if done:
+                ax.plot([x - 0.2, x + 0.2], [sum(done) / len(done)] * 2, color="#333333")
+        ax.set_xticks(range(len(variants)), [t[f"res_{v}"] for v in variants], rotation=30)
+        for tick in ax.get_xticklabels():
+            tick.set_horizontalalignment("right")
+        ax.set(title=t["learning_rate_value"].format(lr=number(lr, lang)), ylim=(-5, 100))
+        ax.plot([], [], "x", color="#333333", label=t["diverged"])  # the crosses' key
+        ax.legend(loc="center right")
+    axes[0].set_ylabel(t["final_accuracy"])
+    return fig

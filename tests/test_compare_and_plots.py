@@ -254,3 +254,24 @@ def test_rotation_and_layer_gradient_plots_draw_their_arms_in_the_page_language(
         t["with_bn"],
         t["without_bn_he"],
     ]
+
+
+@pytest.mark.parametrize("lang", ["en", "fr"])
+def test_plot_residual_arms_marks_diverged_runs(lang):
+    t = bnlib.labels.labels(lang)
+    final = {
+        ("bn", "low"): [0.8, 0.82],
+        ("bn", "high"): [0.7, 0.74],
+        ("none", "low"): [0.78, 0.8],
+        ("none", "high"): [None, 0.2],
+    }
+    fig = plots.plot_residual_arms(final, {"low": 0.1, "high": 1.0}, lang=lang)
+    low, high = fig.axes
+    assert [x.get_text() for x in high.get_xticklabels()] == [t["res_bn"], t["res_none"]]
+    assert high.get_title() == t["learning_rate_value"].format(lr="1")
+    crosses = [line for line in high.get_lines() if line.get_marker() == "x"]
+    # bn's crosses (none), the network without normalisation's (one), the legend's key (empty)
+    assert [list(line.get_ydata()) for line in crosses] == [[], [0], []]
+    assert [text.get_text() for text in high.get_legend().get_texts()] == [t["diverged"]]
+    means = [list(line.get_ydata()) for line in low.get_lines() if line.get_marker() == "None"]
+    assert means[0] == pytest.approx([81.0, 81.0]) and low.get_ylabel() == t["final_accuracy"]
