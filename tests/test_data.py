@@ -154,3 +154,21 @@ def test_make_loader_rejects_what_it_cannot_batch():
         data.make_loader(torch.randn(5, 3), torch.arange(4), 2)
     with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
         data.make_loader(torch.randn(5, 3), torch.arange(5), 0)
+
+
+def test_load_tensors_reads_the_files_once_and_hands_out_copies(tmp_path, monkeypatch):
+    raw = tmp_path / "MNIST" / "raw"
+    images = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
+    write_idx(raw, images, torch.tensor([1, 2, 3, 4]), "train")
+    write_idx(raw, images[:2], torch.tensor([1, 2]), "t10k")
+    X, y = data.load_tensors("mnist", root=tmp_path, download=False)
+    X[:] = 0  # the caller's copy: the next call must not see it
+    y[0] = 9
+    reads = []
+    monkeypatch.setattr(data, "read_idx", lambda path: reads.append(path))
+    X_again, y_again = data.load_tensors("mnist", root=tmp_path, download=False)
+    assert reads == [] and y_again.tolist() == [1, 2, 3, 4] and X_again.abs().sum() > 0
+    monkeypatch.undo()
+    write_idx(raw, images.flip(0), torch.tensor([4, 3, 2, 1]), "train")  # rewritten: read again
+    os.utime(raw / "train-labels-idx1-ubyte", ns=(1, 1))  # even within the same nanosecond
+    assert data.load_tensors("mnist", root=tmp_path, download=False)[1].tolist() == [4, 3, 2, 1]
