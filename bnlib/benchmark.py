@@ -89,7 +89,7 @@ def keep_freed_memory() -> bool:
     A tensor of several MiB is otherwise mapped fresh from the system (or the heap trimmed
     when it is freed): its next owner pays a page fault per 4 KiB page it touches, which costs
     as much as the batch norm itself (on (128, 64, 24, 24), the native kernel's fwd+bwd went
-    from 9-18 ms to 8.3-8.8 ms). Which implementation pays them depends on what the previous
+    from 9-18 ms to 8.3-9.8 ms). Which implementation pays them depends on what the previous
     one freed, so timings taken side by side would compare the allocator, not the kernels.
     For the rest of the process: its resident memory then stays at its peak.
     """
@@ -194,10 +194,10 @@ def benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> list[dict]:
 
     The implementations take turns within each repetition, each in turn going first, so a
     slow moment of the machine hits them alike; freed memory is kept for the process
-    (``keep_freed_memory``), so that none pays the page faults of what another freed.
-    Returns one row per (shape, implementation)
-    with ``ms`` (median), ``time_ratio`` to ``native`` (the median of the ratios within each
-    repetition), ``memory_ratio`` to ``native``, ``saved_bytes``, and the shape's
+    (``keep_freed_memory``), so that none pays the page faults of what another freed. Returns
+    one row per (shape, implementation) with ``ms`` (median), ``time_ratio`` to ``native``
+    (the median of the ratios within each repetition), ``memory_ratio`` to ``native``,
+    ``saved_bytes``, and the shape's
     ``floor_ms`` (floor bytes at the measured copy bandwidth); ``first_call_s`` is the first
     forward + backward, which includes compilation for ``compiled``. ``available`` is False
     when the machine's compiler failed on the implementation (``torch.compile`` raised

@@ -275,6 +275,8 @@ def train_run(config: RunConfig) -> dict:
     device = default_device()
     model = model.to(device)
     optimizer = make_optimizer(model, config)
+    # the last linear layer of every model: adaptive clipping leaves it out, as Brock et al.
+    classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     history = {k: [] for k in ("step", "train_loss", "test_loss", "test_accuracy")}
     history |= {"train_accuracy": [], "diverged": False}
     if config.watch_rows:
@@ -309,8 +311,8 @@ def train_run(config: RunConfig) -> dict:
                 history["diverged"] = True
                 break
             loss.backward()
-            if config.agc is not None:  # the classifier unclipped, as Brock et al.
-                adaptive_gradient_clipping(model, config.agc, skip=(model.out,))
+            if config.agc is not None:
+                adaptive_gradient_clipping(model, config.agc, skip=(classifier,))
             if config.watch_rows and (step + 1) % config.eval_every == 0:  # recorded next
                 previous = [m.weight.detach().clone() for m in model.linears]
             optimizer.step()

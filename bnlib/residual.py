@@ -171,9 +171,9 @@ class ResidualMLP(nn.Module):
 
     def stream(self, x: Tensor) -> list[Tensor]:
         """The residual stream: the input of every block, then the last block's output."""
-        h = self.stem(torch.flatten(x, 1))  # (N, width)
-        h = self.stem_norm(h) if self.variant != "nf" else h
-        h = F.relu(h) if self.variant != "nf" else h  # nf: each branch starts with its ReLU
+        h = self.stem_norm(self.stem(torch.flatten(x, 1)))  # (N, width)
+        if self.variant != "nf":  # nf: each branch starts with its own ReLU
+            h = F.relu(h)
         states = [h]
         for block in self.blocks:
             h = block(h)

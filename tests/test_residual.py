@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from bnlib import experiments
 from bnlib.experiments import RunConfig, train_run
 from bnlib.residual import (
     VARIANTS,
@@ -122,3 +123,24 @@ def test_power_law_exponent():
     assert power_law_exponent([2.0, 2.0, 2.0]) == pytest.approx(0.0)
     with pytest.raises(ValueError, match="at least two positive values"):
         power_law_exponent([1.0, 0.0])
+
+
+def test_clipping_applies_to_every_model_and_leaves_its_classifier_out(monkeypatch):
+    """The article's CNN, whose classifier is ``fc2`` (there is no ``out``), trains clipped."""
+    skipped = []
+    real = experiments.adaptive_gradient_clipping
+
+    def spy(model, clipping, skip=()):
+        skipped.append(skip)
+        return real(model, clipping, skip=skip)
+
+    monkeypatch.setattr(experiments, "adaptive_gradient_clipping", spy)
+    config = RunConfig(
+        model="cnn", agc=0.01, train_limit=64, batch_size=32, num_steps=2, eval_every=2,
+        eval_test_size=32, eval_train_size=32, final_test_size=32,
+    )  # fmt: skip
+    history = train_run(config)
+    assert not history["diverged"] and len(skipped) == 2
+    model = experiments.build_model(config)
+    assert [type(m).__name__ for m in skipped[0]] == ["Linear"]
+    assert skipped[0][0].weight.shape == model.fc2.weight.shape
