@@ -5,8 +5,8 @@ machine of a few cores, most of a chapter's time is spent in small operations th
 busy: on two cores, two notebooks side by side take about 1.4 times less wall time. This script
 executes the notebooks of the table of contents that the cache lacks, ``--jobs`` at a time,
 exactly as myst-nb would in ``cache`` mode (the same cache, working directory, timeout, and
-error policy), and stores each result where the build finds it, so the build that follows only
-reads them::
+error policy; the kernels on Unix sockets, see ``scripts/kernels.py``), and stores each result
+where the build finds it, so the build that follows only reads them::
 
     python scripts/execute.py --jobs 2 en fr
 
@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from editions import BUILD, EDITIONS, edition_toc  # noqa: E402
+from kernels import AsyncIPCKernelManager  # noqa: E402
 
 CACHE = BUILD / ".jupyter_cache"  # the cache both editions' builds use (scripts/editions.py)
 
@@ -58,6 +59,7 @@ def execute(path: Path, timeout: int, allow_errors: bool) -> tuple[object, float
         allow_errors=allow_errors,
         timeout=timeout,
         meta_override=True,
+        kernel_manager_class=AsyncIPCKernelManager,  # no TCP port to race for (scripts/kernels.py)
     )
     error = None if result.err is None else result.exc_string
     return notebook, result.time, error

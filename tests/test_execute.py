@@ -57,6 +57,37 @@ def test_twins_wait_for_each_other_failures_are_reported_and_only_successes_cach
     assert merged.cells[0].outputs[0]["text"] == "42\n"
 
 
+def test_the_kernels_listen_on_unix_sockets_of_their_own_not_on_tcp_ports(tmp_path):
+    execute = load_script()
+    # what the kernel itself was told, read from its connection file
+    notebook = write_notebook(
+        tmp_path / "en/transport.ipynb",
+        "import json; from ipykernel import get_connection_file\n"
+        "info = json.load(open(get_connection_file()))\n"
+        "print(info['transport'], info['ip'])",
+    )
+    executed, _, error = execute.execute(notebook, timeout=60, allow_errors=False)
+    assert error is None
+    transport, ip = executed.cells[0].outputs[0]["text"].split()
+    assert transport == "ipc" and Path(ip).name == "kernel"
+    assert not Path(ip).parent.exists()  # its folder goes with the kernel
+
+
+def test_nbval_kernels_listen_on_unix_sockets_too():
+    import nbval.kernel
+
+    manager, client = nbval.kernel.start_new_kernel(startup_timeout=60)
+    try:
+        assert manager.transport == "ipc"
+        client.execute_interactive("x = 6 * 7", timeout=30)
+        reply = client.execute_interactive("x", timeout=30, user_expressions={"x": "x"})
+        assert reply["content"]["user_expressions"]["x"]["data"]["text/plain"] == "42"
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    assert not Path(manager.ip).parent.exists()
+
+
 def test_the_book_notebooks_come_in_table_of_contents_order_french_after_english():
     execute = load_script()
     english, french = execute.notebooks("en"), execute.notebooks("fr")
