@@ -221,18 +221,21 @@ class SyncBatchNorm(_BatchNorm):
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for ``torchrun
+    --master_port``; another process may take it before it is used)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, fn, args, out_dir: str) -> None:
+def _worker(rank: int, world_size: int, fn, args, out_dir: str) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
-    )
+    # The processes meet through a file, not a TCP port picked beforehand: a port found free then
+    # released can be taken by another process before rank 0 binds it (several notebooks or tests
+    # start processes at once). gloo then binds its own connections itself.
+    store = Path(out_dir) / "rendezvous"
+    dist.init_process_group("gloo", init_method=store.as_uri(), rank=rank, world_size=world_size)
     try:
         result = fn(rank, world_size, *args)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
@@ -242,7 +245,8 @@ def _worker(rank: int, world_size: int, port: int, fn, args, out_dir: str) -> No
 
 def spawn(fn: Callable, world_size: int, *args) -> list:
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` fresh processes joined by a ``gloo``
-    process group on 127.0.0.1, and return their results in rank order.
+    process group on 127.0.0.1 (they meet through a file in a temporary folder), and return
+    their results in rank order.
 
     ``fn`` must be importable (defined in a module, not in a notebook cell) since each process
     starts afresh. One thread per process, so the processes do not compete for the cores.
@@ -251,7 +255,7 @@ def spawn(fn: Callable, world_size: int, *args) -> list:
     with tempfile.TemporaryDirectory() as out_dir:
         mp.start_processes(
             _worker,
-            args=(world_size, free_port(), fn, args, out_dir),
+            args=(world_size, fn, args, out_dir),
             nprocs=world_size,
             join=True,
             start_method="spawn",

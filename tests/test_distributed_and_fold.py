@@ -175,6 +175,22 @@ def test_fold_needs_running_statistics():
         fold(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, track_running_stats=False)))
 
 
+def _rank_and_world(rank, world_size):
+    """What a spawned process sees of its group (importable, as spawn needs)."""
+    return rank, world_size, torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def test_spawn_picks_no_port_beforehand(monkeypatch):
+    """The processes meet through a file: no TCP port is found free then released for another
+    process to take (several notebooks and tests start processes at once)."""
+
+    def no_port():
+        raise AssertionError("spawn picked a port beforehand")
+
+    monkeypatch.setattr(bnlib.distributed, "free_port", no_port)
+    assert spawn(_rank_and_world, 3) == [(r, 3, r, 3) for r in range(3)]
+
+
 def test_ddp_with_sync_batch_norm_trains_like_one_process_on_the_whole_batch():
     from bnlib.data import load_tensors
     from bnlib.experiments import DDPConfig, RunConfig, build_model, ddp_train
