@@ -25,7 +25,6 @@ this module adds only the collectives between those pieces.
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +42,6 @@ from bnlib.modules import BatchNorm2d, _BatchNorm
 __all__ = [
     "SyncBatchNorm",
     "spawn",
-    "free_port",
     "compare_with_one_process",
     "collectives_and_stats",
 ]
@@ -218,14 +216,6 @@ class SyncBatchNorm(_BatchNorm):
 
 # ----------------------------------------------------------------------------------------------
 # Launching processes from a notebook or a test
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (for ``torchrun
-    --master_port``; another process may take it before it is used)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world_size: int, fn, args, out_dir: str) -> None:

@@ -181,13 +181,15 @@ def _rank_and_world(rank, world_size):
 
 
 def test_spawn_picks_no_port_beforehand(monkeypatch):
-    """The processes meet through a file: no TCP port is found free then released for another
-    process to take (several notebooks and tests start processes at once)."""
+    """The processes meet through a file: the caller binds no socket, so no TCP port is found
+    free then released for another process to take (several notebooks and tests start processes
+    at once)."""
+    import socket
 
-    def no_port():
-        raise AssertionError("spawn picked a port beforehand")
+    def no_bind(self, address):
+        raise AssertionError(f"spawn bound a socket to {address} beforehand")
 
-    monkeypatch.setattr(bnlib.distributed, "free_port", no_port)
+    monkeypatch.setattr(socket.socket, "bind", no_bind)
     assert spawn(_rank_and_world, 3) == [(r, 3, r, 3) for r in range(3)]
 
 
@@ -282,8 +284,6 @@ def test_torchrun_script(tmp_path):
     import sys
     from pathlib import Path
 
-    from bnlib.distributed import free_port
-
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run(
         [
@@ -291,7 +291,7 @@ def test_torchrun_script(tmp_path):
             "-m",
             "torch.distributed.run",
             "--nproc_per_node=2",
-            f"--master_port={free_port()}",
+            "--standalone",  # torchrun binds its own rendezvous port: none to race for
             str(root / "scripts/train_ddp.py"),
             "--sync",
             "--model",
