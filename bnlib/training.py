@@ -38,6 +38,37 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+# Images per forward pass in evaluation mode, where the grouping does not change the answer: on
+# one CPU thread the article's CNN evaluates 1000 test images about 2.5 times faster in chunks of
+# 100 with channels-last convolution weights than in one batch of 1000 as stored (0.46 s against
+# 1.17 s, measured); a batch of 1000 stores 150 MB of activations per layer.
+IMAGE_CHUNK = 100
+
+
+@contextmanager
+def _channels_last(model: nn.Module, X: Tensor) -> Iterator[None]:
+    """For images (4-D ``X``): the model's 4-D weights (its convolutions') in channels-last order
+    for the duration, then as they were. The values, and the Parameter objects that an optimizer
+    or DistributedDataParallel holds, stay the same; only the layout of their memory changes."""
+    if X.dim() != 4:
+        yield
+        return
+    swapped = [p for p in model.parameters() if p.dim() == 4 and p.is_contiguous()]
+    for p in swapped:
+        p.data = p.data.contiguous(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for p in swapped:
+            p.data = p.data.contiguous()
+
+
+def _chunk(X: Tensor, batch_size: int, train_mode: bool) -> int:
+    """Images per forward pass: ``batch_size``; in evaluation mode at most ``IMAGE_CHUNK`` for
+    images, since each image is then computed on its own."""
+    return batch_size if train_mode or X.dim() != 4 else min(batch_size, IMAGE_CHUNK)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, X: Tensor, y: Tensor, batch_size: int = 1000, train_mode: bool = False
@@ -45,18 +76,21 @@ def evaluate(
     """Mean negative log-likelihood and accuracy of ``model`` on (X, y), in eval mode.
 
     ``train_mode=True`` evaluates the way a forgotten ``model.eval()`` does: batch norm uses each
-    test batch's statistics (and updates its running estimates with them), dropout stays on.
-    The model's mode is restored afterwards.
+    test batch's statistics (and updates its running estimates with them), dropout stays on;
+    ``batch_size`` is then the batch whose statistics are used. The model's mode is restored
+    afterwards.
     """
     was_training = model.training
     model.train(train_mode)
     device = next(model.parameters()).device
     loss, correct = 0.0, 0
-    for start in range(0, len(X), batch_size):
-        xb, yb = X[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
-        log_probs = model(xb)
-        loss += F.nll_loss(log_probs, yb, reduction="sum").item()
-        correct += (log_probs.argmax(1) == yb).sum().item()
+    step = _chunk(X, batch_size, train_mode)
+    with _channels_last(model, X):
+        for start in range(0, len(X), step):
+            xb, yb = X[start : start + step].to(device), y[start : start + step].to(device)
+            log_probs = model(xb)
+            loss += F.nll_loss(log_probs, yb, reduction="sum").item()
+            correct += (log_probs.argmax(1) == yb).sum().item()
     model.train(was_training)
     return loss / len(X), correct / len(X)
 
@@ -67,10 +101,9 @@ def predict(model: nn.Module, X: Tensor, batch_size: int = 1000) -> Tensor:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    chunks = [
-        model(X[i : i + batch_size].to(device)).argmax(1).cpu()
-        for i in range(0, len(X), batch_size)
-    ]
+    step = _chunk(X, batch_size, train_mode=False)
+    with _channels_last(model, X):
+        chunks = [model(X[i : i + step].to(device)).argmax(1).cpu() for i in range(0, len(X), step)]
     model.train(was_training)
     return torch.cat(chunks)
 

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bnlib import cache, experiments
@@ -21,7 +22,7 @@ from bnlib.experiments import (
     train_run,
     trained_model,
 )
-from bnlib.models import DistributionShift, PaperMLP, scale_init
+from bnlib.models import ArticleCNN, DistributionShift, PaperMLP, scale_init
 from bnlib.training import confusion_matrix, evaluate, predict, recalibrate, seconds_per_step
 
 TINY = RunConfig(norm="bnlib", train_limit=600, num_steps=20, eval_every=10, eval_train_size=200)
@@ -178,6 +179,42 @@ def test_predict_confusion_matrix_and_train_mode_evaluation():
     evaluate(model, X, y, batch_size=50, train_mode=True)
     assert not torch.equal(model.norms[0].running_mean, before)  # the forgotten model.eval()
     assert model.training  # mode restored
+
+
+def test_images_are_evaluated_in_chunks_with_channels_last_weights_then_left_as_they_were():
+    torch.manual_seed(0)
+    model = ArticleCNN(norm="torch").eval()
+    X, y = load_tensors("fashion-mnist", train=False, limit=250)
+    with torch.no_grad():
+        direct = model(X)  # one batch, the weights as stored
+    params = list(model.parameters())
+    values = [p.detach().clone() for p in params]
+    seen = []  # what conv2 is given: (images, its weight in channels-last order)
+    channels_last = torch.channels_last
+    model.conv2.register_forward_pre_hook(
+        lambda m, args: seen.append(
+            (len(args[0]), m.weight.is_contiguous(memory_format=channels_last))
+        )
+    )
+    loss, accuracy = evaluate(model, X, y)
+    assert seen == [(100, True), (100, True), (50, True)]
+    assert accuracy == (direct.argmax(1) == y).sum().item() / len(y)
+    assert loss == pytest.approx(F.nll_loss(direct, y).item(), rel=1e-5)
+    assert torch.equal(predict(model, X), direct.argmax(1))
+    # the same Parameter objects, the same values, contiguous again (an optimizer still holds them)
+    assert all(p is q for p, q in zip(model.parameters(), params, strict=True))
+    assert all(torch.equal(p, v) for p, v in zip(params, values, strict=True))
+    assert all(p.is_contiguous() for p in params)
+    # in training mode the batch is the one asked for: the running averages move once, with the
+    # statistics of all 250 images (chunks of 100 would move them three times)
+    once = copy.deepcopy(model).train()
+    with torch.no_grad():
+        once(X)
+    seen.clear()
+    evaluate(model, X, y, batch_size=250, train_mode=True)
+    assert seen == [(250, True)]
+    assert torch.allclose(model.bn2.running_var, once.bn2.running_var, atol=1e-6)
+    assert model.bn2.num_batches_tracked.item() == 1 and not model.training
 
 
 def test_seconds_per_step_is_a_positive_duration():
