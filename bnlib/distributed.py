@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,6 +45,10 @@ __all__ = [
     "spawn",
     "compare_with_one_process",
     "collectives_and_stats",
+    "ProofConfig",
+    "proof",
+    "CollectivesConfig",
+    "counted_collectives",
 ]
 
 
@@ -356,3 +361,37 @@ def collectives_and_stats(x: Tensor, world_size: int = 2) -> list[dict]:
     (``{"all_gather": ..., "all_reduce": ...}``), the global mean and the unbiased variance the
     layer computed."""
     return spawn(_counted_rank, world_size, x)
+
+
+# ----------------------------------------------------------------------------------------------
+# The same two questions as configurations, for ``bnlib.experiments.run``: each start of the
+# processes costs seconds, and the cache then serves both twins of a page one answer
+
+
+@dataclass(frozen=True)
+class ProofConfig:
+    """``compare_with_one_process(sizes, channels)`` as a configuration."""
+
+    sizes: tuple[int, ...] = (3, 5)
+    channels: int = 3
+
+
+def proof(config: ProofConfig) -> dict:
+    """``compare_with_one_process`` on ``config``'s slices: the largest differences."""
+    return compare_with_one_process(tuple(config.sizes), config.channels)
+
+
+@dataclass(frozen=True)
+class CollectivesConfig:
+    """``collectives_and_stats`` on a standard normal float32 batch of ``shape``, drawn from
+    ``seed``, split among ``world_size`` processes."""
+
+    shape: tuple[int, ...] = (8, 3, 4, 4)
+    world_size: int = 2
+    seed: int = 0
+
+
+def counted_collectives(config: CollectivesConfig) -> list[dict]:
+    """``collectives_and_stats`` on ``config``'s batch: per rank, the collectives and statistics."""
+    x = torch.randn(config.shape, generator=torch.Generator().manual_seed(config.seed))
+    return collectives_and_stats(x, config.world_size)

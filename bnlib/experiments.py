@@ -26,7 +26,14 @@ from bnlib.benchmark import BenchmarkConfig, StepTimeConfig, benchmark, training
 from bnlib.cache import THREADS
 from bnlib.data import load_tensors, make_loader
 from bnlib.diagnostics import row_watch
-from bnlib.distributed import SyncBatchNorm, spawn
+from bnlib.distributed import (
+    CollectivesConfig,
+    ProofConfig,
+    SyncBatchNorm,
+    counted_collectives,
+    proof,
+    spawn,
+)
 from bnlib.landscape import LandscapeConfig, landscape_seeds, loss_landscape
 from bnlib.models import ArticleCNN, DistributionShift, PaperMLP, scale_init
 from bnlib.modules import GhostBatchNorm1d, is_batch_norm
@@ -825,6 +832,9 @@ EXPERIMENTS = {
     BenchmarkConfig: benchmark,
     StepTimeConfig: training_step_times,
     ReadingsConfig: readings,
+    # the chapter Distributed's proofs: new processes each, seconds each
+    ProofConfig: proof,
+    CollectivesConfig: counted_collectives,
 }
 
 

@@ -53,6 +53,38 @@ def test_sync_batch_norm_float16_counts_and_sums_do_not_overflow():
         assert_close(rank["running_var"].double(), reference.var((0, 2, 3)), rtol=2e-3, atol=0)
 
 
+def test_the_proofs_start_their_processes_once_then_are_read_from_the_cache(tmp_path, monkeypatch):
+    """run(ProofConfig) and run(CollectivesConfig) answer what compare_with_one_process and
+    collectives_and_stats answer, and a second call (the page's twin) starts no process."""
+    from bnlib import distributed
+    from bnlib.distributed import CollectivesConfig, ProofConfig
+    from bnlib.experiments import run, with_seed_offset
+
+    monkeypatch.setenv("BNLIB_CACHE", str(tmp_path))
+    starts = []
+
+    def counting_spawn(fn, world_size, *args):
+        starts.append(world_size)
+        return spawn(fn, world_size, *args)
+
+    monkeypatch.setattr(distributed, "spawn", counting_spawn)
+    diffs = run(ProofConfig(sizes=(2, 4, 1)))
+    assert set(diffs) == {"output", "grad_input", "grad_parameters", "running_stats"}
+    assert max(diffs.values()) < 1e-12 and starts == [3]
+    config = CollectivesConfig(shape=(6, 2, 3, 3), world_size=2, seed=5)
+    counted = run(config)
+    assert starts == [3, 2] and len(counted) == 2
+    x = torch.randn(
+        config.shape, generator=torch.Generator().manual_seed(with_seed_offset(config).seed)
+    )
+    for rank in counted:
+        assert rank["counts"] == {"all_gather": 1, "all_reduce": 1}
+        assert_close(rank["mean"], x.mean((0, 2, 3)))
+        assert_close(rank["running_var"], x.var((0, 2, 3)))
+    assert run(ProofConfig(sizes=(2, 4, 1))) == diffs and starts == [3, 2]  # from the cache
+    assert run(config)[1]["counts"] == counted[1]["counts"] and starts == [3, 2]
+
+
 def test_single_process_sync_batch_norm_is_batch_norm():
     ours, reference = SyncBatchNorm(4), nn.BatchNorm1d(4)
     x = torch.randn(6, 4, 3)
