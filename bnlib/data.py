@@ -18,6 +18,7 @@ import gzip
 import importlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,20 +262,24 @@ class Batches:
         full, rest = divmod(len(self.X), self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
-    def __iter__(self):
+    def indices(self) -> Iterator[Tensor]:
+        """The rows of X of each mini-batch of one epoch, drawn as ``__iter__`` draws them
+        (``training.stacked_batches`` gathers several loaders' batches at once with them)."""
         n, size, g = len(self.X), self.batch_size, self.generator
         torch.empty((), dtype=torch.int64).random_(generator=g)  # the DataLoader's base seed
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         full = n // size
         for i in range(full):
-            index = order[i * size : (i + 1) * size]
-            yield self.X[index], self.y[index]
+            yield order[i * size : (i + 1) * size]
         if self.shuffle:
             # RandomSampler draws its next permutation when its indices run out: before the
             # last, incomplete batch if it is kept, else when a batch after the last is asked.
             torch.randperm(n, generator=g)
         if full * size < n and not self.drop_last:
-            index = order[full * size :]
+            yield order[full * size :]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for index in self.indices():
             yield self.X[index], self.y[index]
 
 

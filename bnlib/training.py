@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnlib.data import Batches
 from bnlib.modules import is_batch_norm
 from bnlib.seeds import set_seed
 
@@ -283,30 +284,52 @@ def accumulation_gap(model: nn.Module, x: Tensor, y: Tensor, micro_batches: int)
 # Several seeds at once (bnlib.stacked): the same loops, with a seed dimension in front
 
 
+def _in_step(epochs: Sequence[Callable[[], Iterator]]) -> Iterator[list]:
+    """One item of each epoch at every step, each epoch started again (``epochs[i]()``) when it
+    runs out, so that the iterator never ends."""
+    iterators = [epoch() for epoch in epochs]
+    while True:
+        items = []
+        for i, epoch in enumerate(epochs):
+            item = next(iterators[i], None)
+            if item is None:  # the end of an epoch: the next one
+                iterators[i] = epoch()
+                item = next(iterators[i], None)
+                if item is None:
+                    raise ValueError(
+                        f"loader {i} yields no mini-batch: is it empty, or smaller than one "
+                        "batch with drop_last=True?"
+                    )
+            items.append(item)
+        yield items
+
+
 def stacked_batches(loaders: Sequence[Iterable[tuple[Tensor, Tensor]]]) -> Iterator:
     """One mini-batch of each seed's loader at every step, stacked: (S, N, ...) inputs and
     (S, N) labels. A loader that runs out is restarted (a new epoch, as ``train_run``'s loop
     restarts its one loader), so the iterator never ends.
 
+    Loaders of ``data.make_loader`` over the same X and y (one per seed, as ``train_seeds``
+    builds them) are gathered with one indexing per step instead of two per seed and a stack:
+    the same tensors, drawn from each seed's own generator as its loader would.
+
     Raises:
         ValueError: a loader yields no batch at all (the loop would never get a step).
     """
-    iterators = [iter(loader) for loader in loaders]
-    while True:
-        xs, ys = [], []
-        for i, loader in enumerate(loaders):
-            batch = next(iterators[i], None)
-            if batch is None:  # the end of an epoch: the next one
-                iterators[i] = iter(loader)
-                batch = next(iterators[i], None)
-                if batch is None:
-                    raise ValueError(
-                        f"loader {i} yields no mini-batch: is it empty, or smaller than one "
-                        "batch with drop_last=True?"
-                    )
-            xs.append(batch[0])
-            ys.append(batch[1])
-        yield torch.stack(xs), torch.stack(ys)
+    first = loaders[0] if loaders else None
+    if isinstance(first, Batches) and all(
+        isinstance(loader, Batches) and loader.X is first.X and loader.y is first.y
+        for loader in loaders
+    ):
+        rows = first.X.reshape(len(first.X), -1)  # (n, features): one row per example
+        for indices in _in_step([loader.indices for loader in loaders]):
+            index = torch.stack(indices)  # (S, N)
+            chosen = index.flatten()
+            inputs = rows.index_select(0, chosen).view(*index.shape, *first.X.shape[1:])
+            yield inputs, first.y.index_select(0, chosen).view(index.shape)  # (S, N, ...), (S, N)
+        return
+    for batches in _in_step([lambda loader=loader: iter(loader) for loader in loaders]):
+        yield torch.stack([x for x, _ in batches]), torch.stack([y for _, y in batches])
 
 
 def train_stacked_steps(

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from bnlib.data import load_tensors
+from bnlib.data import load_tensors, make_loader
 from bnlib.experiments import (
     DriftConfig,
     RunConfig,
@@ -186,3 +186,23 @@ def test_stacked_batches_restart_each_loader_and_refuse_an_empty_one():
     assert firsts == [[0, 10], [1, 11], [0, 12], [1, 10]]  # each restarts at its own epoch end
     with pytest.raises(ValueError, match="loader 1 yields no mini-batch"):
         next(stacked_batches([a, []]))
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_stacked_batches_gather_once_what_each_seeds_loader_gives(drop_last):
+    X, y = torch.randn(50, 1, 2, 3), torch.arange(50)
+
+    def loaders():
+        return [make_loader(X, y, 12, seed=s, drop_last=drop_last) for s in (3, 7, 11)]
+
+    gathered = stacked_batches(loaders())  # one indexing per step: the same X and y for all
+    alone = loaders()
+    for _ in range(3):  # three epochs, each loader drawing its next one from its own generator
+        for expected in zip(*(iter(loader) for loader in alone), strict=True):
+            xs, ys = next(gathered)
+            assert torch.equal(xs, torch.stack([x for x, _ in expected]))
+            assert torch.equal(ys, torch.stack([y for _, y in expected]))
+            assert xs.is_contiguous()
+    assert xs.shape[1] == (12 if drop_last else 50 % 12)  # the last batch: dropped or kept
+    with pytest.raises(ValueError, match="loader 1 yields no mini-batch"):
+        next(stacked_batches([alone[0], make_loader(X, y, 60, seed=2)]))
